@@ -1,0 +1,2 @@
+//! Load harness and micro-benchmarks for the gateway. The micro-benchmarks live in
+//! `benches/benches/`; run them with `cargo bench -p bench`.
