@@ -252,7 +252,8 @@ impl MeshClientVerifier {
         let hints = anchors
             .anchors()
             .iter()
-            .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+            // webpki keeps the Name without its SEQUENCE header; the TLS hint wants it whole.
+            .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
             .collect();
         Self { anchors, hints }
     }

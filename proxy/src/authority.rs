@@ -1,0 +1,172 @@
+//! Request authorities, normalised so that `Web-Svc.emojivoto.svc.cluster.local.` and
+//! `web-svc.emojivoto.svc.cluster.local:80` name the same route.
+
+use std::fmt;
+
+use crate::errors::ProxyError;
+
+/// A normalised `host:port`: lower-case host without a trailing dot, explicit port (80 when
+/// the request gave none, as plain-HTTP authorities default to it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Authority {
+    /// `host:port`, with IPv6 hosts in brackets.
+    full: Box<str>,
+    host_len: usize,
+    port: u16,
+}
+
+pub const DEFAULT_PORT: u16 = 80;
+
+impl Authority {
+    pub fn parse(raw: &str) -> Result<Self, ProxyError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(ProxyError::NoAuthority);
+        }
+        // Userinfo has no place in a proxied authority.
+        if raw.contains('@') || raw.len() > 300 {
+            return Err(ProxyError::BadAuthority);
+        }
+        let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+            let (v6, after) = rest.split_once(']').ok_or(ProxyError::BadAuthority)?;
+            v6.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| ProxyError::BadAuthority)?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or(ProxyError::BadAuthority)?),
+            };
+            (format!("[{}]", v6.to_ascii_lowercase()), port)
+        } else {
+            let (host, port) = match raw.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (raw, None),
+            };
+            let host = host.strip_suffix('.').unwrap_or(host);
+            if host.is_empty()
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+            {
+                return Err(ProxyError::BadAuthority);
+            }
+            (host.to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(p) if p != 0 => p,
+                _ => return Err(ProxyError::BadAuthority),
+            },
+        };
+        let host_len = host.len();
+        Ok(Self {
+            full: format!("{host}:{port}").into_boxed_str(),
+            host_len,
+            port,
+        })
+    }
+
+    pub fn from_parts(host: &str, port: u16) -> Result<Self, ProxyError> {
+        Self::parse(&format!("{host}:{port}"))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.full[..self.host_len]
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// True when the host is `<anything>.svc.<cluster_domain>`: a cluster-local Service name.
+    pub fn is_cluster_service(&self, cluster_domain: &str) -> bool {
+        let host = self.host();
+        let Some(prefix) = host.strip_suffix(cluster_domain) else {
+            return false;
+        };
+        let Some(prefix) = prefix.strip_suffix(".svc.") else {
+            return false;
+        };
+        !prefix.is_empty()
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        for (raw, want) in [
+            (
+                "web-svc.emojivoto.svc.cluster.local:80",
+                "web-svc.emojivoto.svc.cluster.local:80",
+            ),
+            (
+                "Web-Svc.Emojivoto.svc.cluster.local",
+                "web-svc.emojivoto.svc.cluster.local:80",
+            ),
+            (
+                "web-svc.emojivoto.svc.cluster.local.:8080",
+                "web-svc.emojivoto.svc.cluster.local:8080",
+            ),
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("[::1]:443", "[::1]:443"),
+            ("[::1]", "[::1]:80"),
+        ] {
+            assert_eq!(Authority::parse(raw).unwrap().as_str(), want, "{raw}");
+        }
+        let a = Authority::parse("web-svc.emojivoto.svc.cluster.local:8080").unwrap();
+        assert_eq!(a.host(), "web-svc.emojivoto.svc.cluster.local");
+        assert_eq!(a.port(), 8080);
+    }
+
+    #[test]
+    fn refuses_junk() {
+        for raw in [
+            "",
+            ":80",
+            "a:0",
+            "a:65536",
+            "a:x",
+            "user@host",
+            "a b",
+            "[::1",
+            "[zz]:1",
+            "a/b",
+            "a:80:90",
+        ] {
+            assert!(Authority::parse(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_service_suffix() {
+        let yes = Authority::parse("web-svc.emojivoto.svc.cluster.local").unwrap();
+        assert!(yes.is_cluster_service("cluster.local"));
+        assert!(!yes.is_cluster_service("example.org"));
+        for no in [
+            "svc.cluster.local",
+            "evil-svc.cluster.local",
+            "web.hackersvc.cluster.local",
+            "cluster.local",
+        ] {
+            assert!(
+                !Authority::parse(no)
+                    .unwrap()
+                    .is_cluster_service("cluster.local"),
+                "{no}"
+            );
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Configuration: a TOML file, then environment variables, then flags (flags win; list flags
+//! add to the file's lists). Every field is documented in README.md.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::routing::{Balancer, Protocol};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Command line; every flag also reads `GATEWAY_<NAME>` from the environment.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "gateway",
+    version,
+    about = "mTLS multicluster gateway: a drop-in for linkerd-gateway"
+)]
+pub struct Cli {
+    /// TOML config file.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// mTLS listener [default: 0.0.0.0:4143].
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener for /ready, /live, /metrics [default: 0.0.0.0:4191].
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// PEM file of the trust anchor(s) client certificates must chain to.
+    #[arg(long, env = "GATEWAY_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+    /// The gateway's certificate followed by its chain (PEM).
+    #[arg(long, env = "GATEWAY_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The gateway's private key (PEM, ECDSA P-256).
+    #[arg(long, env = "GATEWAY_KEY")]
+    pub key: Option<PathBuf>,
+    /// Static route AUTHORITY=[h2://]HOST:PORT[,HOST:PORT...] (repeatable).
+    #[arg(long = "route", value_name = "AUTHORITY=HOST:PORT")]
+    pub routes: Vec<String>,
+    /// Names under svc.<domain> are resolved by DNS [default: cluster.local].
+    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// Allow only these caller identities: exact, or *.suffix (repeatable).
+    #[arg(long = "allow-client", value_name = "PATTERN")]
+    pub allow_clients: Vec<String>,
+    /// Allow only these service hosts to be reached (repeatable).
+    #[arg(long = "export", value_name = "HOST")]
+    pub exported: Vec<String>,
+    /// Fixed name resolution NAME=IP[,IP...], consulted before DNS (repeatable).
+    #[arg(long = "host", value_name = "NAME=IP")]
+    pub hosts: Vec<String>,
+    /// How requests are spread over a service's addresses [default: p2c].
+    #[arg(long, value_enum, env = "GATEWAY_BALANCER")]
+    pub balancer: Option<Balancer>,
+    /// Most concurrent caller connections [default: 10000].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// TLS handshake deadline [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<Duration>,
+    /// Upstream connect deadline [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<Duration>,
+    /// Deadline for upstream response headers [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_RESPONSE_TIMEOUT")]
+    pub response_timeout: Option<Duration>,
+    /// How long in-flight requests may finish after SIGTERM [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<Duration>,
+    /// Log format [default: plain].
+    #[arg(long, value_enum, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or info,access=off (RUST_LOG wins when set) [default: info].
+    #[arg(long, env = "GATEWAY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub trust_anchors: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    pub cluster_domain: Option<String>,
+    #[serde(default)]
+    pub allow_clients: Vec<String>,
+    pub exported_services: Option<Vec<String>>,
+    #[serde(default)]
+    pub hosts: HashMap<String, Vec<IpAddr>>,
+    pub balancer: Option<Balancer>,
+    pub max_connections: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub response_timeout: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub dns_ttl: Option<String>,
+    pub max_header_bytes: Option<usize>,
+    pub max_concurrent_streams: Option<u32>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub authority: String,
+    pub upstreams: Vec<String>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Http1
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub trust_anchors: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub routes: Vec<RouteConfig>,
+    pub cluster_domain: String,
+    pub allow_clients: Vec<String>,
+    pub exported: Option<Vec<String>>,
+    pub hosts: HashMap<String, Vec<IpAddr>>,
+    pub balancer: Balancer,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub dns_ttl: Duration,
+    pub max_header_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+fn dur(field: &str, v: Option<String>, default: Duration) -> anyhow::Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(&s)
+            .with_context(|| format!("{field}: {s:?} is not a duration")),
+    }
+}
+
+/// `AUTHORITY=[h2://]HOST:PORT[,HOST:PORT...]`.
+pub fn parse_route_flag(s: &str) -> anyhow::Result<RouteConfig> {
+    let Some((authority, rest)) = s.split_once('=') else {
+        bail!("--route {s:?}: expected AUTHORITY=HOST:PORT");
+    };
+    let (protocol, rest) = match rest.strip_prefix("h2://") {
+        Some(r) => (Protocol::Http2, r),
+        None => (
+            Protocol::Http1,
+            rest.strip_prefix("http://").unwrap_or(rest),
+        ),
+    };
+    let upstreams: Vec<String> = rest
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if authority.trim().is_empty() || upstreams.is_empty() {
+        bail!("--route {s:?}: expected AUTHORITY=HOST:PORT");
+    }
+    Ok(RouteConfig {
+        authority: authority.trim().to_string(),
+        upstreams,
+        protocol,
+    })
+}
+
+fn parse_host_flag(s: &str) -> anyhow::Result<(String, Vec<IpAddr>)> {
+    let (name, ips) = s
+        .split_once('=')
+        .with_context(|| format!("--host {s:?}: expected NAME=IP"))?;
+    let ips = ips
+        .split(',')
+        .map(|ip| {
+            ip.trim()
+                .parse::<IpAddr>()
+                .with_context(|| format!("--host {s:?}: {ip:?} is not an IP"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((name.trim().to_string(), ips))
+}
+
+impl Config {
+    pub fn load(cli: Cli) -> anyhow::Result<Self> {
+        let file: FileConfig = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("config {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let required = |flag: &str, cli: Option<PathBuf>, file: Option<PathBuf>| {
+            cli.or(file).with_context(|| {
+                format!(
+                    "--{flag} is required (or `{}` in the config file)",
+                    flag.replace('-', "_")
+                )
+            })
+        };
+        let mut routes = file.routes;
+        for r in &cli.routes {
+            routes.push(parse_route_flag(r)?);
+        }
+        let mut hosts = file.hosts;
+        for h in &cli.hosts {
+            let (name, ips) = parse_host_flag(h)?;
+            hosts.insert(name, ips);
+        }
+        let mut allow_clients = file.allow_clients;
+        allow_clients.extend(cli.allow_clients);
+        let exported = match (file.exported_services, cli.exported) {
+            (None, c) if c.is_empty() => None,
+            (f, c) => Some(f.unwrap_or_default().into_iter().chain(c).collect()),
+        };
+        let cfg = Config {
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143))),
+            admin_listen: cli
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4191))),
+            trust_anchors: required("trust-anchors", cli.trust_anchors, file.trust_anchors)?,
+            cert: required("cert", cli.cert, file.cert)?,
+            key: required("key", cli.key, file.key)?,
+            routes,
+            cluster_domain: cli
+                .cluster_domain
+                .or(file.cluster_domain)
+                .unwrap_or_else(|| "cluster.local".into()),
+            allow_clients,
+            exported,
+            hosts,
+            balancer: cli.balancer.or(file.balancer).unwrap_or(Balancer::P2c),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+            handshake_timeout: cli.handshake_timeout.map(Ok).unwrap_or_else(|| {
+                dur(
+                    "handshake_timeout",
+                    file.handshake_timeout,
+                    Duration::from_secs(10),
+                )
+            })?,
+            connect_timeout: cli.connect_timeout.map(Ok).unwrap_or_else(|| {
+                dur(
+                    "connect_timeout",
+                    file.connect_timeout,
+                    Duration::from_secs(1),
+                )
+            })?,
+            response_timeout: cli.response_timeout.map(Ok).unwrap_or_else(|| {
+                dur(
+                    "response_timeout",
+                    file.response_timeout,
+                    Duration::from_secs(30),
+                )
+            })?,
+            drain_timeout: cli.drain_timeout.map(Ok).unwrap_or_else(|| {
+                dur("drain_timeout", file.drain_timeout, Duration::from_secs(30))
+            })?,
+            idle_timeout: dur("idle_timeout", file.idle_timeout, Duration::from_secs(90))?,
+            header_read_timeout: dur(
+                "header_read_timeout",
+                file.header_read_timeout,
+                Duration::from_secs(30),
+            )?,
+            dns_ttl: dur("dns_ttl", file.dns_ttl, Duration::from_secs(5))?,
+            max_header_bytes: file.max_header_bytes.unwrap_or(64 * 1024),
+            max_concurrent_streams: file.max_concurrent_streams.unwrap_or(1000),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Plain),
+            log_level: cli
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        };
+        if cfg.max_connections == 0 {
+            bail!("max_connections must be at least 1");
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_and_lists_add() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:1"
+trust_anchors = "a.crt"
+cert = "c.crt"
+key = "c.key"
+connect_timeout = "250ms"
+allow_clients = ["*.emojivoto.serviceaccount.identity.linkerd.cluster.local"]
+[[routes]]
+authority = "web-svc.emojivoto.svc.cluster.local:80"
+upstreams = ["127.0.0.1:8080"]
+[hosts]
+"emoji-svc.emojivoto.svc.cluster.local" = ["127.0.0.1"]
+"#,
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            routes: vec![
+                "grpc.ns.svc.cluster.local:9090=h2://127.0.0.1:9090,127.0.0.1:9091".into(),
+            ],
+            ..Default::default()
+        };
+        let cfg = Config::load(cli).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(cfg.admin_listen, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(cfg.connect_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.routes.len(), 2);
+        assert_eq!(cfg.routes[1].protocol, Protocol::Http2);
+        assert_eq!(
+            cfg.routes[1].upstreams,
+            ["127.0.0.1:9090", "127.0.0.1:9091"]
+        );
+        assert_eq!(cfg.allow_clients.len(), 1);
+        assert!(cfg.exported.is_none());
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap();
+        let err = Config::load(Cli {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `bogus`"),
+            "{err:#}"
+        );
+        let err = Config::load(Cli::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("--trust-anchors is required"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn route_flag_errors() {
+        assert!(parse_route_flag("nope").is_err());
+        assert!(parse_route_flag("a=").is_err());
+        assert_eq!(
+            parse_route_flag("a:80=http://127.0.0.1:1")
+                .unwrap()
+                .protocol,
+            Protocol::Http1
+        );
+    }
+}

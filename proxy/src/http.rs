@@ -1,0 +1,348 @@
+//! One proxied request: caller policy, loop check, route, header rewriting, forwarding
+//! (upgrades included), synthetic errors and the access-log line.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Request, Response, StatusCode, Uri, Version,
+};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use identity::Identity;
+
+use crate::{
+    authority::Authority,
+    errors::ProxyError,
+    metrics::{self, ConnMetrics},
+    policy::CallerPolicy,
+    routing::{Protocol, Router},
+    upstream::Upstreams,
+};
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
+pub const L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Everything the request path reads, built once at start-up.
+pub struct Gateway {
+    pub identity: Identity,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub callers: CallerPolicy,
+}
+
+/// What is known about the caller's connection.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    pub client_id: Identity,
+    pub allowed: bool,
+    pub metrics: ConnMetrics,
+}
+
+/// The hyper service body: never fails; errors become synthetic responses.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let version = req.version();
+    let mut routed = String::new();
+    let mut upstream: Option<SocketAddr> = None;
+    let resp = match proxy(&gw, &conn, req, &mut routed, &mut upstream).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some(addr) = upstream {
+                metrics::upstream_error(e.as_str(), &addr.to_string());
+            }
+            metrics::http_error(e.as_str());
+            tracing::warn!(
+                peer = %conn.peer, client_id = %conn.client_id, %method, %path,
+                authority = %routed, error = %e, "request refused"
+            );
+            synthetic(&e, version)
+        }
+    };
+    let latency = start.elapsed();
+    let status = resp.status();
+    conn.metrics.request(&routed, status.as_u16(), latency);
+    tracing::info!(
+        target: "access",
+        client_id = %conn.client_id,
+        tls = true,
+        authority = %routed,
+        method = %method,
+        path = %path,
+        status = status.as_u16(),
+        latency_us = latency.as_micros() as u64,
+        upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
+        peer = %conn.peer,
+    );
+    Ok(resp)
+}
+
+/// A response the gateway makes itself, carrying the reason for meshed callers to read.
+pub fn synthetic(e: &ProxyError, version: Version) -> Response<Body> {
+    let reason = e.as_str();
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("{reason}\n")))));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(L5D_PROXY_ERROR, HeaderValue::from_static(reason));
+    if e.closes_connection() {
+        h.insert(L5D_PROXY_CONNECTION, HeaderValue::from_static("close"));
+        if version < Version::HTTP_2 {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    resp
+}
+
+async fn proxy(
+    gw: &Gateway,
+    conn: &ConnCtx,
+    mut req: Request<Incoming>,
+    routed: &mut String,
+    upstream: &mut Option<SocketAddr>,
+) -> Result<Response<Body>, ProxyError> {
+    if !conn.allowed {
+        return Err(ProxyError::CallerDenied);
+    }
+    if conn.client_id == gw.identity || forwarded_by(req.headers(), &gw.identity) {
+        return Err(ProxyError::Loop);
+    }
+    let authority = request_authority(&req)?;
+    let target = gw.router.route(&authority).await?;
+    *routed = target.name.as_str().to_owned();
+    let inflight = target.pick()?;
+    let endpoint = inflight.endpoint();
+    *upstream = Some(endpoint.addr);
+
+    let upgrading = target.protocol == Protocol::Http1 && is_upgrade(&req);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.uri_authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadAuthority)?;
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers, upgrading);
+    match target.protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            headers.insert(header::HOST, header_value(target.name.as_str())?);
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            headers.remove(header::HOST);
+        }
+    }
+    headers.insert(L5D_CLIENT_ID, header_value(conn.client_id.as_str())?);
+    headers.append(
+        FORWARDED,
+        header_value(&format!(
+            "by={};for={};host={};proto=https",
+            gw.identity, conn.client_id, target.name
+        ))?,
+    );
+
+    let mut resp = gw
+        .upstreams
+        .send(target.protocol, Request::from_parts(parts, body))
+        .await?;
+    drop(inflight);
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let peer = conn.peer;
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                            tracing::debug!(%peer, error = %e, "upgraded stream ended");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
+                }
+            });
+            return Ok(resp.map(Either::Left));
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp.map(Either::Left))
+}
+
+fn header_value(s: &str) -> Result<HeaderValue, ProxyError> {
+    HeaderValue::from_str(s).map_err(|_| ProxyError::BadAuthority)
+}
+
+/// `:authority` for HTTP/2 and absolute-form requests, else `Host`.
+fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Authority::parse(a.as_str());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .ok_or(ProxyError::NoAuthority)?;
+    Authority::parse(host.to_str().map_err(|_| ProxyError::BadAuthority)?)
+}
+
+/// Whether any `Forwarded` element says it was forwarded `by` this gateway already.
+fn forwarded_by(headers: &HeaderMap, own: &Identity) -> bool {
+    headers
+        .get_all(FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("by")
+                && v.trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case(own.as_str())
+        })
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` on an upgrade and `TE:
+/// trailers` (which gRPC needs end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn loop_detection_reads_every_forwarded_element() {
+        let own = Identity::parse("gw.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
+        let mut h = HeaderMap::new();
+        h.append(FORWARDED, HeaderValue::from_static("for=a;by=other"));
+        assert!(!forwarded_by(&h, &own));
+        h.append(
+            FORWARDED,
+            HeaderValue::from_static(
+                "for=x, by=\"gw.ns.serviceaccount.identity.linkerd.cluster.local\";proto=https",
+            ),
+        );
+        assert!(forwarded_by(&h, &own));
+    }
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let r = Request::get("http://web-svc.emojivoto.svc.cluster.local/x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_authority(&r).unwrap().as_str(),
+            "web-svc.emojivoto.svc.cluster.local:80"
+        );
+        let r = Request::get("/x")
+            .header("host", "Web-Svc.emojivoto.svc.cluster.local:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_authority(&r).unwrap().as_str(),
+            "web-svc.emojivoto.svc.cluster.local:8080"
+        );
+        let r = Request::get("/x").body(()).unwrap();
+        assert_eq!(request_authority(&r).unwrap_err(), ProxyError::NoAuthority);
+    }
+}

@@ -1,0 +1,59 @@
+//! `gateway`: parse configuration, start, run until SIGTERM/SIGINT, drain, exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use proxy::config::{Cli, Config, LogFormat};
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        LogFormat::Plain => fmt.init(),
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let metrics = proxy::metrics::install()?;
+    let running = proxy::start(cfg, metrics).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    running.drain().await
+}
+
+fn main() -> ExitCode {
+    let cfg = match Config::load(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("gateway: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Prometheus metrics under Linkerd proxy names (`request_total`, `response_total`,
+//! `response_latency_ms`, `tcp_*`) so viz-style queries read the gateway like a proxy, plus
+//! gateway-specific families. Label values come from verified identities and routed names only,
+//! never from raw request input, so callers cannot grow the label space at will.
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Label};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Linkerd's `response_latency_ms` bucket bounds.
+pub const LATENCY_BUCKETS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+/// Installs the global recorder; the returned handle renders `/metrics`.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("response_latency_ms".into()),
+            &LATENCY_BUCKETS_MS,
+        )?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// Per-connection handles and labels, made once after the handshake.
+pub struct ConnMetrics {
+    base: Vec<Label>,
+    pub read_bytes: Counter,
+    pub write_bytes: Counter,
+    open: Gauge,
+    close_errno: std::sync::Mutex<&'static str>,
+}
+
+impl ConnMetrics {
+    pub fn accepted(client_id: &str) -> Self {
+        let base = vec![
+            Label::new("direction", "inbound"),
+            Label::new("tls", "true"),
+            Label::new("client_id", client_id.to_string()),
+        ];
+        let tcp = |name: &'static str| {
+            let mut l = base.clone();
+            l.insert(1, Label::new("peer", "src"));
+            (name, l)
+        };
+        let (n, l) = tcp("tcp_open_total");
+        counter!(n, l).increment(1);
+        let (n, l) = tcp("tcp_open_connections");
+        let open = gauge!(n, l);
+        open.increment(1.0);
+        let (n, l) = tcp("tcp_read_bytes_total");
+        let read_bytes = counter!(n, l);
+        let (n, l) = tcp("tcp_write_bytes_total");
+        let write_bytes = counter!(n, l);
+        Self {
+            base,
+            read_bytes,
+            write_bytes,
+            open,
+            close_errno: std::sync::Mutex::new(""),
+        }
+    }
+
+    /// Notes why the connection failed; reported as `errno` when it closes.
+    pub fn set_close_error(&self, errno: &'static str) {
+        if let Ok(mut e) = self.close_errno.lock() {
+            *e = errno;
+        }
+    }
+
+    /// One proxied (or refused) request. `authority` is the routed name, or empty.
+    pub fn request(&self, authority: &str, status: u16, latency: std::time::Duration) {
+        let mut l = Vec::with_capacity(self.base.len() + 3);
+        l.push(self.base[0].clone());
+        l.push(Label::new("authority", authority.to_string()));
+        l.extend(self.base[1..].iter().cloned());
+        counter!("request_total", l.clone()).increment(1);
+        l.push(Label::new("status_code", status.to_string()));
+        histogram!("response_latency_ms", l.clone()).record(latency.as_secs_f64() * 1000.0);
+        let class = if status >= 500 { "failure" } else { "success" };
+        l.push(Label::new("classification", class));
+        counter!("response_total", l).increment(1);
+    }
+}
+
+/// Closing is recorded on drop so a cancelled connection task still balances the gauge.
+impl Drop for ConnMetrics {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+        let errno = self.close_errno.lock().map(|e| *e).unwrap_or("");
+        let mut l = std::mem::take(&mut self.base);
+        l.insert(1, Label::new("peer", "src"));
+        l.push(Label::new("errno", errno));
+        counter!("tcp_close_total", l).increment(1);
+    }
+}
+
+pub fn http_error(error: &'static str) {
+    counter!("inbound_http_errors_total", "error" => error).increment(1);
+}
+
+pub fn upstream_error(error: &'static str, target_addr: &str) {
+    counter!("outbound_http_errors_total", "error" => error, "target_addr" => target_addr.to_string())
+        .increment(1);
+}
+
+pub fn handshake_failure(reason: &'static str) {
+    counter!("gateway_tls_handshake_failures_total", "reason" => reason).increment(1);
+}
+
+pub fn connection_refused(reason: &'static str) {
+    counter!("gateway_connections_refused_total", "reason" => reason).increment(1);
+}
+
+pub fn cert_expiry(not_after_unix: i64, identity: &str) {
+    gauge!("identity_cert_expiration_timestamp_seconds", "identity" => identity.to_string())
+        .set(not_after_unix as f64);
+}

@@ -1,0 +1,83 @@
+//! Which authenticated callers may use the gateway.
+
+use identity::Identity;
+
+/// An allow-list entry: an exact identity, or `*.suffix` matching any identity ending in
+/// `.suffix` (e.g. `*.emojivoto.serviceaccount.identity.linkerd.cluster.local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerPattern {
+    Exact(String),
+    Suffix(String),
+}
+
+impl CallerPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(suffix) = s.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return Err(format!("bad caller pattern {s:?}"));
+            }
+            return Ok(Self::Suffix(format!(".{suffix}")));
+        }
+        if s.is_empty() || s.contains('*') {
+            return Err(format!(
+                "bad caller pattern {s:?}: use an identity or *.suffix"
+            ));
+        }
+        Ok(Self::Exact(s))
+    }
+
+    fn matches(&self, id: &str) -> bool {
+        match self {
+            Self::Exact(e) => id == e,
+            Self::Suffix(s) => id.len() > s.len() && id.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// Empty means any identity chained to the trust anchors may call.
+#[derive(Debug, Clone, Default)]
+pub struct CallerPolicy {
+    allow: Vec<CallerPattern>,
+}
+
+impl CallerPolicy {
+    pub fn new(allow: Vec<CallerPattern>) -> Self {
+        Self { allow }
+    }
+
+    pub fn allows(&self, id: &Identity) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|p| p.matches(id.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = CallerPolicy::new(vec![
+            CallerPattern::parse("*.emojivoto.serviceaccount.identity.linkerd.cluster.local")
+                .unwrap(),
+            CallerPattern::parse(
+                "probe.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local",
+            )
+            .unwrap(),
+        ]);
+        let id = |s: &str| Identity::parse(s).unwrap();
+        assert!(p.allows(&id(
+            "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local"
+        )));
+        assert!(p.allows(&id(
+            "probe.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local"
+        )));
+        assert!(!p.allows(&id("x.other.serviceaccount.identity.linkerd.cluster.local")));
+        assert!(!p.allows(&id(
+            "emojivoto.serviceaccount.identity.linkerd.cluster.local"
+        )));
+        assert!(CallerPolicy::default().allows(&id("anyone.at.all")));
+        assert!(CallerPattern::parse("*.").is_err());
+        assert!(CallerPattern::parse("a*b").is_err());
+    }
+}

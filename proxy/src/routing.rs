@@ -1,0 +1,418 @@
+//! Where a request goes: static routes first, then cluster-DNS names resolved and cached, then
+//! nothing ("bad gateway domain"). Built once at start-up; the request path only reads it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{authority::Authority, errors::ProxyError};
+
+/// What the upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// How a target picks an endpoint per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balancer {
+    /// Power of two choices: the less loaded of two random endpoints.
+    P2c,
+    /// The endpoint with the fewest outstanding requests.
+    LeastOutstanding,
+}
+
+/// One address of a target, with its in-flight request count for balancing.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// `ip:port`, pre-rendered: it is the upstream URI's authority (and pool key) per request.
+    pub uri_authority: http::uri::Authority,
+    outstanding: AtomicUsize,
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Result<Self, ProxyError> {
+        Ok(Self {
+            addr,
+            uri_authority: addr
+                .to_string()
+                .parse()
+                .map_err(|_| ProxyError::BadAuthority)?,
+            outstanding: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against its endpoint until dropped.
+pub struct InFlight(Arc<Target>, usize);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoints[self.1]
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.endpoints[self.1]
+            .outstanding
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A routable service: its name, what it speaks and its addresses.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Authority,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+    balancer: Balancer,
+}
+
+impl Target {
+    pub fn new(
+        name: Authority,
+        protocol: Protocol,
+        addrs: &[SocketAddr],
+        balancer: Balancer,
+    ) -> Result<Self, ProxyError> {
+        let endpoints = addrs
+            .iter()
+            .map(|a| Endpoint::new(*a))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name,
+            protocol,
+            endpoints,
+            balancer,
+        })
+    }
+
+    /// Picks an endpoint for one request and counts it as outstanding.
+    pub fn pick(self: &Arc<Self>) -> Result<InFlight, ProxyError> {
+        let n = self.endpoints.len();
+        let i = match n {
+            0 => return Err(ProxyError::NoEndpoints),
+            1 => 0,
+            _ => match self.balancer {
+                Balancer::P2c => {
+                    let r = fast_random();
+                    let a = (r as usize) % n;
+                    // A second, different index: offset by 1..n.
+                    let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
+                    if self.endpoints[b].outstanding() < self.endpoints[a].outstanding() {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                Balancer::LeastOutstanding => {
+                    let start = (fast_random() as usize) % n;
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .min_by_key(|&k| self.endpoints[k].outstanding())
+                        .unwrap_or(0)
+                }
+            },
+        };
+        self.endpoints[i]
+            .outstanding
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight(self.clone(), i))
+    }
+}
+
+/// xorshift64* seeded per thread: balancing needs spread, not cryptographic randomness.
+fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15);
+            (t ^ (&t as *const u64 as u64)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// Resolves names to addresses: the system resolver, with optional fixed entries (like
+/// /etc/hosts) from the config.
+#[derive(Debug, Default, Clone)]
+pub struct Resolver {
+    hosts: HashMap<String, Vec<std::net::IpAddr>>,
+}
+
+impl Resolver {
+    pub fn new(hosts: HashMap<String, Vec<std::net::IpAddr>>) -> Self {
+        Self {
+            hosts: hosts
+                .into_iter()
+                .map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), v))
+                .collect(),
+        }
+    }
+
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ProxyError> {
+        if let Some(ips) = self.hosts.get(host) {
+            return Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|_| ProxyError::Resolve)?
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(ProxyError::Resolve);
+        }
+        Ok(addrs)
+    }
+}
+
+/// Routing policy and state.
+pub struct Router {
+    routes: HashMap<Authority, Arc<Target>>,
+    cluster_domain: String,
+    /// When set, only these hosts (any port) may be reached.
+    exported: Option<HashSet<String>>,
+    resolver: Resolver,
+    balancer: Balancer,
+    dns_ttl: Duration,
+    dns_cache: RwLock<HashMap<Authority, (Instant, Arc<Target>)>>,
+    /// Bounds the cache against callers cycling through names.
+    dns_cache_max: usize,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("routes", &self.routes.len())
+            .field("cluster_domain", &self.cluster_domain)
+            .finish()
+    }
+}
+
+pub struct RouterConfig {
+    pub routes: Vec<Arc<Target>>,
+    pub cluster_domain: String,
+    pub exported: Option<Vec<String>>,
+    pub resolver: Resolver,
+    pub balancer: Balancer,
+    pub dns_ttl: Duration,
+}
+
+impl Router {
+    pub fn new(cfg: RouterConfig) -> Self {
+        Self {
+            routes: cfg
+                .routes
+                .into_iter()
+                .map(|t| (t.name.clone(), t))
+                .collect(),
+            cluster_domain: cfg.cluster_domain.trim_matches('.').to_ascii_lowercase(),
+            exported: cfg.exported.map(|v| {
+                v.into_iter()
+                    .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                    .collect()
+            }),
+            resolver: cfg.resolver,
+            balancer: cfg.balancer,
+            dns_ttl: cfg.dns_ttl,
+            dns_cache: RwLock::new(HashMap::new()),
+            dns_cache_max: 4096,
+        }
+    }
+
+    pub fn cluster_domain(&self) -> &str {
+        &self.cluster_domain
+    }
+
+    /// The target for `authority`, or why there is none.
+    pub async fn route(&self, authority: &Authority) -> Result<Arc<Target>, ProxyError> {
+        if let Some(exported) = &self.exported {
+            if !exported.contains(authority.host()) {
+                return Err(
+                    if self.routes.contains_key(authority)
+                        || authority.is_cluster_service(&self.cluster_domain)
+                    {
+                        ProxyError::NotExported
+                    } else {
+                        ProxyError::BadDomain
+                    },
+                );
+            }
+        }
+        if let Some(t) = self.routes.get(authority) {
+            return Ok(t.clone());
+        }
+        if !authority.is_cluster_service(&self.cluster_domain) {
+            return Err(ProxyError::BadDomain);
+        }
+        let now = Instant::now();
+        if let Some(t) = self.cached(authority, now) {
+            return Ok(t);
+        }
+        let addrs = self
+            .resolver
+            .resolve(authority.host(), authority.port())
+            .await?;
+        let target = Arc::new(Target::new(
+            authority.clone(),
+            Protocol::Http1,
+            &addrs,
+            self.balancer,
+        )?);
+        let mut cache = match self.dns_cache.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if cache.len() >= self.dns_cache_max {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < self.dns_ttl);
+            if cache.len() >= self.dns_cache_max {
+                cache.clear();
+            }
+        }
+        cache.insert(authority.clone(), (now, target.clone()));
+        Ok(target)
+    }
+
+    fn cached(&self, authority: &Authority, now: Instant) -> Option<Arc<Target>> {
+        let cache = match self.dns_cache.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let (at, t) = cache.get(authority)?;
+        (now.duration_since(*at) < self.dns_ttl).then(|| t.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn router(exported: Option<Vec<String>>) -> Router {
+        let web = Authority::parse("web-svc.emojivoto.svc.cluster.local:80").unwrap();
+        let t = Arc::new(Target::new(web, Protocol::Http1, &[addr(1)], Balancer::P2c).unwrap());
+        let mut hosts = HashMap::new();
+        hosts.insert(
+            "emoji-svc.emojivoto.svc.cluster.local".to_string(),
+            vec!["127.0.0.2".parse().unwrap()],
+        );
+        Router::new(RouterConfig {
+            routes: vec![t],
+            cluster_domain: "cluster.local".into(),
+            exported,
+            resolver: Resolver::new(hosts),
+            balancer: Balancer::P2c,
+            dns_ttl: Duration::from_secs(5),
+        })
+    }
+
+    #[tokio::test]
+    async fn static_then_cluster_dns_then_refused() {
+        let r = router(None);
+        let t = r
+            .route(&Authority::parse("WEB-SVC.emojivoto.svc.cluster.local.").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(t.endpoints[0].addr, addr(1));
+        let t = r
+            .route(&Authority::parse("emoji-svc.emojivoto.svc.cluster.local:8080").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(t.endpoints[0].addr, "127.0.0.2:8080".parse().unwrap());
+        // Cached: same Arc.
+        let again = r
+            .route(&Authority::parse("emoji-svc.emojivoto.svc.cluster.local:8080").unwrap())
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&t, &again));
+        assert_eq!(
+            r.route(&Authority::parse("example.com").unwrap())
+                .await
+                .unwrap_err(),
+            ProxyError::BadDomain
+        );
+    }
+
+    #[tokio::test]
+    async fn export_allowlist() {
+        let r = router(Some(vec!["web-svc.emojivoto.svc.cluster.local".into()]));
+        assert!(r
+            .route(&Authority::parse("web-svc.emojivoto.svc.cluster.local").unwrap())
+            .await
+            .is_ok());
+        assert_eq!(
+            r.route(&Authority::parse("emoji-svc.emojivoto.svc.cluster.local").unwrap())
+                .await
+                .unwrap_err(),
+            ProxyError::NotExported
+        );
+        assert_eq!(
+            r.route(&Authority::parse("example.com").unwrap())
+                .await
+                .unwrap_err(),
+            ProxyError::BadDomain
+        );
+    }
+
+    #[test]
+    fn p2c_prefers_the_idle_endpoint_and_releases_on_drop() {
+        let name = Authority::parse("x.svc.cluster.local").unwrap();
+        let t = Arc::new(
+            Target::new(name, Protocol::Http1, &[addr(1), addr(2)], Balancer::P2c).unwrap(),
+        );
+        let held = t.pick().unwrap();
+        let busy = held.endpoint().addr;
+        // With two endpoints both are always sampled: every pick goes to the idle one.
+        for _ in 0..20 {
+            let p = t.pick().unwrap();
+            assert_ne!(p.endpoint().addr, busy);
+        }
+        drop(held);
+        assert!(t.endpoints.iter().all(|e| e.outstanding() == 0));
+    }
+
+    #[test]
+    fn least_outstanding_spreads_load() {
+        let name = Authority::parse("x.svc.cluster.local").unwrap();
+        let addrs: Vec<_> = (1..=4).map(addr).collect();
+        let t = Arc::new(
+            Target::new(name, Protocol::Http1, &addrs, Balancer::LeastOutstanding).unwrap(),
+        );
+        let held: Vec<_> = (0..8).map(|_| t.pick().unwrap()).collect();
+        assert!(t.endpoints.iter().all(|e| e.outstanding() == 2));
+        drop(held);
+    }
+}
