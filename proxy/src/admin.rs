@@ -113,3 +113,37 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_and_paths() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let admin = Admin {
+            readiness: Arc::new(Readiness::default()),
+            metrics: recorder.handle(),
+        };
+        let get = |path: &str| Request::get(path).body(()).unwrap();
+        assert_eq!(
+            admin.respond(&get("/ready")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        admin.readiness.set(true);
+        assert_eq!(admin.respond(&get("/ready")).status(), StatusCode::OK);
+        assert_eq!(admin.respond(&get("/live")).status(), StatusCode::OK);
+        assert_eq!(admin.respond(&get("/metrics")).status(), StatusCode::OK);
+        assert_eq!(admin.respond(&get("/nope")).status(), StatusCode::NOT_FOUND);
+        let post = Request::post("/ready").body(()).unwrap();
+        assert_eq!(
+            admin.respond(&post).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        admin.readiness.set(false);
+        assert_eq!(
+            admin.respond(&get("/ready")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

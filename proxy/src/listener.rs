@@ -133,6 +133,18 @@ async fn connection(
                     .await;
             }
             let _ = tcp.shutdown().await;
+            // Closing with the caller's bytes unread would send RST and could destroy the
+            // response in flight; read (bounded in size and time) until the caller closes.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                for _ in 0..16 {
+                    match tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
             return;
         }
         Ok(_) => return,

@@ -1,1 +1,438 @@
-//! End-to-end tests: real processes, real TLS, loopback only. See `tests/tests/`.
+//! Test harness for end-to-end tests: a PKI on disk, a `gateway` process, a local backend
+//! standing in for `web-svc`, and an mTLS client. Everything listens on 127.0.0.1 only.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use identity::{Identity, LeafOptions, Pki, Validity};
+use tokio::net::TcpListener;
+
+pub const GATEWAY_ID: &str =
+    "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
+pub const VOTE_BOT_ID: &str = "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+pub const WEB_SVC: &str = "web-svc.emojivoto.svc.cluster.local";
+
+/// Certificates on disk: the anchor, the gateway's leaf, and callers good and bad.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new().expect("pki");
+        std::fs::write(dir.path().join("root.crt"), &pki.anchor.cert_pem).expect("write");
+        pki.leaf(GATEWAY_ID)
+            .expect("leaf")
+            .write(dir.path(), "gateway")
+            .expect("write");
+        pki.leaf(VOTE_BOT_ID)
+            .expect("leaf")
+            .write(dir.path(), "vote-bot")
+            .expect("write");
+        // A caller from another mesh entirely.
+        let other = Pki::with_names("root.other.example", "issuer.other.example").expect("pki");
+        other
+            .leaf(VOTE_BOT_ID)
+            .expect("leaf")
+            .write(dir.path(), "foreign")
+            .expect("write");
+        // A caller whose certificate expired yesterday.
+        let expired = LeafOptions {
+            validity: Validity {
+                not_before: Some(time::OffsetDateTime::now_utc() - time::Duration::days(2)),
+                lifetime: Duration::from_secs(3600),
+            },
+            clock_skew: Duration::from_secs(20),
+        };
+        pki.leaf_with(VOTE_BOT_ID, expired)
+            .expect("leaf")
+            .write(dir.path(), "expired")
+            .expect("write");
+        Self { dir, pki }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A leaf for `identity` written as `<stem>.crt/.key`.
+    pub fn caller(&self, stem: &str, identity: &str) -> PathBuf {
+        self.pki
+            .leaf(identity)
+            .expect("leaf")
+            .write(self.dir.path(), stem)
+            .expect("write");
+        self.path(stem)
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `gateway` binary next to this test's executable, built once per test run so the
+/// tests never exercise a stale one (`cargo test -p e2e` alone does not build other
+/// packages' binaries).
+pub fn gateway_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let profile_release = dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "proxy", "--bin", "gateway"]);
+            if profile_release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "cargo build -p proxy failed");
+            let bin = dir.join("gateway");
+            assert!(bin.exists(), "{} missing after build", bin.display());
+            bin
+        })
+        .clone()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running gateway process; killed on drop. Its log goes to `<dir>/gateway-<port>.log`.
+pub struct Gateway {
+    pub child: Option<Child>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts with the fixture's certificates plus `extra` flags and waits for /ready.
+    pub fn start(fx: &Fixture, extra: &[&str]) -> Self {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = fx.path(&format!("gateway-{}.log", listen.port()));
+        let child = Command::new(gateway_bin())
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin-listen",
+                &admin.to_string(),
+            ])
+            .arg("--trust-anchors")
+            .arg(fx.path("root.crt"))
+            .arg("--cert")
+            .arg(fx.path("gateway.crt"))
+            .arg("--key")
+            .arg(fx.path("gateway.key"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Self {
+            child: Some(child),
+            listen,
+            admin,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("gateway exited early ({status}):\n{}", gw.log_text());
+            }
+            if http_get(admin, "/ready")
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
+            {
+                return gw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A blocking plaintext HTTP/1.1 GET (for the admin port).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// The stand-in for `web-svc`: answers on HTTP/1.1 and HTTP/2 (prior knowledge).
+/// - `/echo`: the request line and the headers the gateway is responsible for;
+/// - `POST /upload`: the number of body bytes received (streamed, not buffered);
+/// - `/download?bytes=N`: N bytes in 64 KiB chunks;
+/// - `/slow?ms=N`: answers after N ms;
+/// - `/ws`: a 101 upgrade that echoes bytes back.
+pub async fn backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(backend_handle);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
+    req.uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn backend_handle(
+    mut req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match path.as_str() {
+        "/upload" => {
+            let mut n = 0u64;
+            let body = req.body_mut();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                    Err(_) => break,
+                }
+            }
+            Response::new(full(format!("received {n}\n")))
+        }
+        "/download" => {
+            let total = query_num(&req, "bytes");
+            let chunks = (0..total.div_ceil(65536)).map(move |i| {
+                let len = (total - i * 65536).min(65536) as usize;
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; len])))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(futures_iter(chunks))))
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
+            Response::new(full("slow done\n"))
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgrade.await {
+                    let mut io = TokioIo::new(up);
+                    let (mut r, mut w) = tokio::io::split(&mut io);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().expect("hv"));
+            r.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("hv"));
+            r
+        }
+        _ => {
+            let h = |n: &str| {
+                req.headers()
+                    .get_all(n)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            };
+            let body = format!(
+                "version={:?}\nhost={}\nl5d-client-id={}\nforwarded={}\nconnection={}\nx-secret={}\n",
+                req.version(),
+                h("host"),
+                h("l5d-client-id"),
+                h("forwarded"),
+                h("connection"),
+                h("x-secret"),
+            );
+            Response::new(full(body))
+        }
+    };
+    Ok(resp)
+}
+
+/// Adapts an iterator into a `Stream` without pulling in a futures crate.
+fn futures_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
+    IterStream(iter)
+}
+
+pub struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+/// An mTLS client for the gateway with the given caller certificate (`<stem>.crt/.key`).
+pub fn client_tls(fx: &Fixture, stem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let creds = identity::Credentials::load(
+        &fx.path(&format!("{stem}.crt")),
+        &fx.path(&format!("{stem}.key")),
+    )
+    .expect("caller credentials");
+    let store = identity::CertStore::new(&creds).expect("store");
+    let anchors = fx.pki.anchors().expect("anchors");
+    Arc::new(
+        identity::tls::client_config(
+            Some(store),
+            &anchors,
+            Identity::parse(GATEWAY_ID).expect("id"),
+            alpn,
+        )
+        .expect("client config"),
+    )
+}
+
+/// Opens one mTLS connection and an HTTP/2 or HTTP/1.1 sender over it.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = identity::tls::server_name(&Identity::parse(GATEWAY_ID)?)?;
+    Ok(tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?)
+}
+
+pub async fn h2_sender(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+    let io = connect(addr, tls).await?;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+pub async fn h1_sender(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let io = connect(addr, tls).await?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(send)
+}
+
+pub async fn body_text(resp: Response<Incoming>) -> String {
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

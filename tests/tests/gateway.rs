@@ -1,0 +1,479 @@
+//! The gateway as a user meets it: a real process, real mTLS, curl and a Rust client, a local
+//! backend standing in for web-svc. Loopback only; every loop is bounded.
+
+use std::{process::Command, time::Duration};
+
+use bytes::Bytes;
+use e2e::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+fn web_route(backend: std::net::SocketAddr) -> String {
+    format!("{WEB_SVC}:80={backend}")
+}
+
+/// curl through the gateway as `stem`; returns (exit ok, http code, body).
+async fn curl(
+    fx: &Fixture,
+    gw: &Gateway,
+    stem: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(fx.path("root.crt"))
+        .args([
+            "--resolve",
+            &format!("{GATEWAY_ID}:{}:127.0.0.1", gw.listen.port()),
+        ]);
+    if let Some(stem) = stem {
+        cmd.arg("--cert").arg(fx.path(&format!("{stem}.crt")));
+        cmd.arg("--key").arg(fx.path(&format!("{stem}.key")));
+    }
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (out.status.success(), code.to_string(), body.to_string())
+}
+
+fn url(gw: &Gateway, path: &str) -> String {
+    format!("https://{GATEWAY_ID}:{}{path}", gw.listen.port())
+}
+
+fn host() -> String {
+    format!("Host: {WEB_SVC}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_http1_and_http2_through_the_gateway() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+
+    for proto in ["--http1.1", "--http2"] {
+        let (ok, code, body) = curl(
+            &fx,
+            &gw,
+            Some("vote-bot"),
+            &[
+                proto,
+                "-H",
+                &host(),
+                "-H",
+                "Connection: x-secret",
+                "-H",
+                "x-secret: 1",
+                "-H",
+                "l5d-client-id: forged",
+                &url(&gw, "/echo"),
+            ],
+        )
+        .await;
+        assert!(
+            ok && code == "200",
+            "{proto}: {code} {body}\n{}",
+            gw.log_text()
+        );
+        // The backend gets HTTP/1.1 with the caller's verified identity, never the forged one.
+        assert!(body.contains("version=HTTP/1.1"), "{body}");
+        assert!(body.contains(&format!("host={WEB_SVC}:80")), "{body}");
+        assert!(
+            body.contains(&format!("l5d-client-id={VOTE_BOT_ID}\n")),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!(
+                "forwarded=by={GATEWAY_ID};for={VOTE_BOT_ID};host={WEB_SVC}:80;proto=https"
+            )),
+            "{body}"
+        );
+        // Hop-by-hop headers, and the ones Connection names, stop at the gateway. (HTTP/2 has
+        // no Connection header: curl drops it, so x-secret is end-to-end there.)
+        assert!(body.contains("connection=\n"), "{body}");
+        if proto == "--http1.1" {
+            assert!(body.contains("x-secret=\n"), "{body}");
+        }
+    }
+
+    // A 10 MB upload, streamed both ways.
+    let upload = fx.path("upload.bin");
+    std::fs::write(&upload, vec![7u8; 10 * 1024 * 1024]).unwrap();
+    for proto in ["--http1.1", "--http2"] {
+        let data = format!("@{}", upload.display());
+        let (ok, code, body) = curl(
+            &fx,
+            &gw,
+            Some("vote-bot"),
+            &[
+                proto,
+                "-H",
+                &host(),
+                "--data-binary",
+                &data,
+                &url(&gw, "/upload"),
+            ],
+        )
+        .await;
+        assert!(ok && code == "200", "{proto}: {code} {body}");
+        assert_eq!(
+            body.trim(),
+            format!("received {}", 10 * 1024 * 1024),
+            "{proto}"
+        );
+    }
+    // And a 10 MB download.
+    let (ok, code, _) = curl(
+        &fx,
+        &gw,
+        Some("vote-bot"),
+        &[
+            "--http2",
+            "-H",
+            &host(),
+            "-o",
+            "/dev/null",
+            &url(&gw, &format!("/download?bytes={}", 10 * 1024 * 1024)),
+        ],
+    )
+    .await;
+    assert!(ok && code == "200");
+
+    // The access log has the request with the caller, like `viz tap`.
+    let log = gw.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("access")
+            && l.contains(VOTE_BOT_ID)
+            && l.contains("tls=true")
+            && l.contains("/upload")
+            && l.contains("status=200")),
+        "{log}"
+    );
+    // /metrics counts those requests with the caller identity.
+    let m = gw.metrics();
+    let line = m
+        .lines()
+        .find(|l| {
+            l.starts_with("request_total{")
+                && l.contains(&format!("authority=\"{WEB_SVC}:80\""))
+                && l.contains(&format!("client_id=\"{VOTE_BOT_ID}\""))
+        })
+        .unwrap_or_else(|| panic!("no request_total line:\n{m}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(n, 5.0, "{line}");
+    assert!(m.contains("response_latency_ms_bucket{"), "{m}");
+    assert!(
+        m.contains("identity_cert_expiration_timestamp_seconds{"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_over_both_protocols() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+
+    // HTTP/2: 200 concurrent streams on one connection.
+    let h2 = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let mut send = h2.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://{WEB_SVC}/echo?i={i}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            (resp.status(), body_text(resp).await)
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains(VOTE_BOT_ID));
+    }
+
+    // HTTP/1.1: 8 keep-alive connections × 25 sequential requests, concurrently.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let tls = client_tls(&fx, "vote-bot", &[b"http/1.1"]);
+        let addr = gw.listen;
+        tasks.push(tokio::spawn(async move {
+            let mut send = h1_sender(addr, tls).await.unwrap();
+            for _ in 0..25 {
+                send.ready().await.unwrap();
+                let req = Request::get("/echo")
+                    .header("host", WEB_SVC)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                body_text(resp).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = gw.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("request_total{") && l.ends_with(" 400")),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let dead = free_port();
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &web_route(backend),
+            "--route",
+            &format!("down.emojivoto.svc.cluster.local:80=127.0.0.1:{dead}"),
+            "--response-timeout",
+            "500ms",
+        ],
+    );
+
+    // No client certificate, one under another anchor, an expired one: the handshake fails.
+    for stem in [None, Some("foreign"), Some("expired")] {
+        let (ok, code, _) = curl(&fx, &gw, stem, &["-H", &host(), &url(&gw, "/echo")]).await;
+        assert!(!ok && code == "000", "{stem:?} got through: {code}");
+    }
+    // Plaintext on the mTLS port.
+    let (status, body) = http_get(gw.listen, "/").unwrap_or((0, String::new()));
+    assert_eq!(status, 400);
+    assert!(body.contains("requires mutual TLS"), "{body}");
+
+    // Unknown authority, upstream down, upstream too slow.
+    let cases = [
+        ("Host: example.com", "/echo", "404", "bad gateway domain"),
+        (
+            "Host: nosuch.emojivoto.svc.example.org",
+            "/echo",
+            "404",
+            "bad gateway domain",
+        ),
+        (
+            "Host: down.emojivoto.svc.cluster.local",
+            "/echo",
+            "502",
+            "upstream connect failed",
+        ),
+        (
+            "Host: web-svc.emojivoto.svc.cluster.local",
+            "/slow?ms=3000",
+            "504",
+            "upstream response timeout",
+        ),
+    ];
+    for (h, path, want, reason) in cases {
+        let (ok, code, body) = curl(
+            &fx,
+            &gw,
+            Some("vote-bot"),
+            &["-i", "-H", h, &url(&gw, path)],
+        )
+        .await;
+        assert!(ok && code == want, "{h} {path}: {code} {body}");
+        assert!(
+            body.contains(&format!("l5d-proxy-error: {reason}")),
+            "{body}"
+        );
+    }
+
+    // A loop: the caller is the gateway itself, or the request already passed through it.
+    fx.caller("self", GATEWAY_ID);
+    let (_, code, body) = curl(&fx, &gw, Some("self"), &["-H", &host(), &url(&gw, "/echo")]).await;
+    assert_eq!(code, "508", "{body}");
+    let fwd = format!("Forwarded: by={GATEWAY_ID};for=x");
+    let (_, code, body) = curl(
+        &fx,
+        &gw,
+        Some("vote-bot"),
+        &["-H", &host(), "-H", &fwd, &url(&gw, "/echo")],
+    )
+    .await;
+    assert_eq!(code, "508", "{body}");
+
+    // Each refusal was counted and logged with the peer.
+    let m = gw.metrics();
+    for reason in ["no_client_cert", "unknown_issuer", "expired", "plaintext"] {
+        assert!(
+            m.contains(&format!(
+                "gateway_tls_handshake_failures_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}:\n{m}"
+        );
+    }
+    for e in [
+        "bad gateway domain",
+        "upstream connect failed",
+        "upstream response timeout",
+        "gateway loop",
+    ] {
+        assert!(
+            m.contains(&format!("inbound_http_errors_total{{error=\"{e}\"}}")),
+            "{e}:\n{m}"
+        );
+    }
+    let log = gw.log_text();
+    assert!(
+        log.contains("TLS handshake failed") && log.contains("peer=127.0.0.1:"),
+        "{log}"
+    );
+    // Still serving after all that.
+    let (ok, code, _) = curl(
+        &fx,
+        &gw,
+        Some("vote-bot"),
+        &["-H", &host(), &url(&gw, "/echo")],
+    )
+    .await;
+    assert!(ok && code == "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_and_export_allow_lists() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &web_route(backend),
+            "--route",
+            &format!("emoji-svc.emojivoto.svc.cluster.local:80={backend}"),
+            "--allow-client",
+            "*.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+            "--export",
+            WEB_SVC,
+        ],
+    );
+    let (_, code, _) = curl(
+        &fx,
+        &gw,
+        Some("vote-bot"),
+        &["-H", &host(), &url(&gw, "/echo")],
+    )
+    .await;
+    assert_eq!(code, "200");
+    let (_, code, body) = curl(
+        &fx,
+        &gw,
+        Some("vote-bot"),
+        &[
+            "-H",
+            "Host: emoji-svc.emojivoto.svc.cluster.local",
+            &url(&gw, "/echo"),
+        ],
+    )
+    .await;
+    assert_eq!(code, "403", "{body}");
+    assert_eq!(body.trim(), "service not exported");
+    fx.caller(
+        "intruder",
+        "intruder.other-ns.serviceaccount.identity.linkerd.cluster.local",
+    );
+    let (_, code, body) = curl(
+        &fx,
+        &gw,
+        Some("intruder"),
+        &["-H", &host(), &url(&gw, "/echo")],
+    )
+    .await;
+    assert_eq!(code, "403", "{body}");
+    assert_eq!(body.trim(), "caller not allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+    let mut io = connect(gw.listen, client_tls(&fx, "vote-bot", &[b"http/1.1"]))
+        .await
+        .unwrap();
+    io.write_all(format!("GET /ws HTTP/1.1\r\nhost: {WEB_SVC}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+        assert!(head.len() < 4096);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"through the gateway"] {
+        io.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let mut gw = Gateway::start(
+        &fx,
+        &["--route", &web_route(backend), "--drain-timeout", "10s"],
+    );
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let slow = tokio::spawn(async move {
+        let req = Request::get(format!("http://{WEB_SVC}/slow?ms=1500"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        (resp.status(), body_text(resp).await)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    // Readiness drops at once, and the listener stops accepting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = std::net::TcpStream::connect(gw.listen).is_err();
+        let ready = http_get(gw.admin, "/ready").map(|(s, _)| s).unwrap_or(0);
+        if refused && ready != 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting (ready={ready})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "slow done\n");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait(Duration::from_secs(10));
+        (code, gw.log_text())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+    assert!(code.1.contains("drained"), "{}", code.1);
+}
