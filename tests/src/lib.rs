@@ -312,6 +312,50 @@ async fn backend_handle(
             });
             Response::new(BodyExt::boxed(StreamBody::new(futures_iter(chunks))))
         }
+        "/events" => {
+            // Server-sent events, 150 ms apart: a buffering proxy would hold the first back.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+            tokio::spawn(async move {
+                for i in 0..3 {
+                    let ev = Frame::data(Bytes::from(format!("data: event {i}\n\n")));
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream(rx))));
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("hv"));
+            r
+        }
+        "/grpc" => {
+            // A gRPC-shaped exchange: echo the request frames, end with trailers.
+            let mut n = 0u64;
+            let body = req.body_mut();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+                    Err(_) => break,
+                }
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().expect("hv"));
+            trailers.insert(
+                "grpc-message",
+                format!("got {n} bytes").parse().expect("hv"),
+            );
+            let frames = vec![
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_iter(
+                frames.into_iter(),
+            ))));
+            r.headers_mut()
+                .insert("content-type", "application/grpc".parse().expect("hv"));
+            r
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
             Response::new(full("slow done\n"))
@@ -363,6 +407,19 @@ fn futures_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
 }
 
 pub struct IterStream<I>(I);
+
+/// A channel receiver as a `Stream`.
+pub struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
 
 impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     type Item = I::Item;

@@ -477,3 +477,121 @@ async fn sigterm_drains_in_flight_requests() {
     assert_eq!(code.0, Some(0), "{}", code.1);
     assert!(code.1.contains("drained"), "{}", code.1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_trailers_and_server_sent_events_stream_through() {
+    use http_body_util::BodyExt;
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let grpc = "grpc.emojivoto.svc.cluster.local:8080";
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &web_route(backend),
+            "--route",
+            &format!("{grpc}=h2://{backend}"),
+        ],
+    );
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+
+    // gRPC over an HTTP/2 upstream: TE: trailers kept, response trailers delivered.
+    let req = Request::post(format!("http://{grpc}/grpc"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x05hello")))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "got 10 bytes");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+
+    // Server-sent events arrive one by one, not when the stream ends.
+    let req = Request::get(format!("http://{WEB_SVC}/events"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: event 0\n\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "first event held back {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    while let Some(f) = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+    {
+        if let Ok(d) = f.unwrap().into_data() {
+            rest.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(rest, b"data: event 1\n\ndata: event 2\n\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_deadline_and_connection_cap() {
+    use tokio::io::AsyncReadExt;
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &web_route(backend),
+            "--handshake-timeout",
+            "300ms",
+            "--max-connections",
+            "2",
+        ],
+    );
+
+    // A caller that starts a handshake and stalls is cut off at the deadline.
+    let mut stalled = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "stalled handshake not closed");
+    drop(stalled);
+
+    // Two connections are served; a third is closed at once while they are open.
+    let a = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let b = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let third = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"])).await;
+    assert!(third.is_err(), "third connection was served");
+    for mut s in [a, b] {
+        let req = Request::get(format!("http://{WEB_SVC}/echo"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(s.send_request(req).await.unwrap().status(), StatusCode::OK);
+    }
+    let m = gw.metrics();
+    assert!(
+        m.contains("gateway_tls_handshake_failures_total{reason=\"timeout\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gateway_connections_refused_total{reason=\"limit\"}"),
+        "{m}"
+    );
+}
