@@ -38,10 +38,27 @@ impl Readiness {
 pub struct Admin {
     pub readiness: Arc<Readiness>,
     pub metrics: PrometheusHandle,
+    /// mTLS for meshed callers (the remote service mirror's probe), beside plaintext.
+    pub tls: Arc<rustls::ServerConfig>,
+    pub identity: identity::Identity,
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Admin {
+    /// The response, marked with `l5d-orig-proto` when a meshed caller's proxy upgraded the
+    /// request from HTTP/1 (the probe arrives that way), so it can restore the version.
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let mut resp = self.route(req);
+        if req.headers().contains_key("l5d-orig-proto") {
+            resp.headers_mut().insert(
+                "l5d-orig-proto",
+                header::HeaderValue::from_static("HTTP/1.1"),
+            );
+        }
+        resp
+    }
+
+    fn route<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let text = |status: StatusCode, body: &'static str| {
             let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
             *r.status_mut() = status;
@@ -78,7 +95,9 @@ impl Admin {
     }
 }
 
-/// Serves plaintext HTTP/1.1 and HTTP/2 (prior knowledge) until `shutdown` flips.
+/// Serves until `shutdown` flips. Each connection is told apart by its first byte: a TLS
+/// handshake (0x16) gets mTLS for this gateway's identity, anything else plaintext; either way
+/// HTTP/1.1 or HTTP/2 prior knowledge follows.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -86,7 +105,12 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10))
         .max_buf_size(16 * 1024);
-    builder.http2().max_concurrent_streams(16);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(16)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
+        .keep_alive_timeout(std::time::Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -103,11 +127,38 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         let admin = admin.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&req)) }
-            });
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
+                hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.respond(&req)) }
+                })
+            };
+            let mut first = [0u8; 1];
+            let tls = matches!(
+                tokio::time::timeout(admin.handshake_timeout, tcp.peek(&mut first)).await,
+                Ok(Ok(1)) if first[0] == 0x16
+            );
+            let result = if tls {
+                match crate::tls::accept(
+                    tcp,
+                    admin.tls.clone(),
+                    &admin.identity,
+                    admin.handshake_timeout,
+                )
+                .await
+                {
+                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), svc).await,
+                    Err(refused) => {
+                        crate::metrics::handshake_failure(refused.reason);
+                        tracing::warn!(%peer, reason = refused.reason, error = %refused.detail, "admin TLS handshake failed");
+                        return;
+                    }
+                }
+            } else {
+                builder.serve_connection(TokioIo::new(tcp), svc).await
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "admin connection error");
             }
         });
@@ -121,9 +172,17 @@ mod tests {
     #[test]
     fn readiness_and_paths() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let pki = identity::Pki::new().unwrap();
+        let gw = "gw.ns.serviceaccount.identity.linkerd.cluster.local";
+        let store = identity::CertStore::new(&pki.credentials(gw).unwrap()).unwrap();
         let admin = Admin {
             readiness: Arc::new(Readiness::default()),
             metrics: recorder.handle(),
+            tls: Arc::new(
+                identity::tls::server_config(store, &pki.anchors().unwrap(), &[]).unwrap(),
+            ),
+            identity: identity::Identity::parse(gw).unwrap(),
+            handshake_timeout: std::time::Duration::from_secs(1),
         };
         let get = |path: &str| Request::get(path).body(()).unwrap();
         assert_eq!(

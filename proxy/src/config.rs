@@ -77,6 +77,9 @@ pub struct Cli {
     /// Deadline for upstream response headers [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_RESPONSE_TIMEOUT")]
     pub response_timeout: Option<Duration>,
+    /// Deadline for a Linkerd transport header after the handshake [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_TRANSPORT_HEADER_TIMEOUT")]
+    pub transport_header_timeout: Option<Duration>,
     /// How long in-flight requests may finish after SIGTERM [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<Duration>,
@@ -112,6 +115,7 @@ pub struct FileConfig {
     pub drain_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub transport_header_timeout: Option<String>,
     pub dns_ttl: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub max_concurrent_streams: Option<u32>,
@@ -153,6 +157,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub header_timeout: Duration,
     pub dns_ttl: Duration,
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
@@ -298,6 +303,13 @@ impl Config {
                 file.header_read_timeout,
                 Duration::from_secs(30),
             )?,
+            header_timeout: cli.transport_header_timeout.map(Ok).unwrap_or_else(|| {
+                dur(
+                    "transport_header_timeout",
+                    file.transport_header_timeout,
+                    Duration::from_secs(10),
+                )
+            })?,
             dns_ttl: dur("dns_ttl", file.dns_ttl, Duration::from_secs(5))?,
             max_header_bytes: file.max_header_bytes.unwrap_or(64 * 1024),
             max_concurrent_streams: file.max_concurrent_streams.unwrap_or(1000),

@@ -18,7 +18,7 @@ use crate::{
     errors::ProxyError,
     metrics::{self, ConnMetrics},
     policy::CallerPolicy,
-    routing::{Protocol, Router},
+    routing::{Protocol, Router, Target},
     upstream::Upstreams,
 };
 
@@ -27,6 +27,8 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
 pub const L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
+/// Set by a Linkerd source proxy that upgraded an HTTP/1 request to HTTP/2 for the hop.
+pub const L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -37,6 +39,8 @@ pub struct Gateway {
     pub router: Router,
     pub upstreams: Upstreams,
     pub callers: CallerPolicy,
+    /// For opaque (spliced) connections; HTTP upstreams carry theirs in the client.
+    pub connect_timeout: std::time::Duration,
 }
 
 /// What is known about the caller's connection.
@@ -45,6 +49,9 @@ pub struct ConnCtx {
     pub client_id: Identity,
     pub allowed: bool,
     pub metrics: ConnMetrics,
+    /// Set when a transport header named the target: every request on the connection goes
+    /// there, whatever its authority says.
+    pub target: Option<Arc<Target>>,
 }
 
 /// The hyper service body: never fails; errors become synthetic responses.
@@ -121,8 +128,16 @@ async fn proxy(
     if conn.client_id == gw.identity || forwarded_by(req.headers(), &gw.identity) {
         return Err(ProxyError::Loop);
     }
-    let authority = request_authority(&req)?;
-    let target = gw.router.route(&authority).await?;
+    let target = match &conn.target {
+        Some(t) => t.clone(),
+        None => gw.router.route(&request_authority(&req)?).await?,
+    };
+    // A request a source proxy upgraded from HTTP/1 goes on as HTTP/1, and its response is
+    // marked so that proxy can restore the version for its client.
+    let orig_proto = req
+        .headers_mut()
+        .remove(L5D_ORIG_PROTO)
+        .and_then(|v| parse_orig_proto(&v));
     *routed = target.name.as_str().to_owned();
     let inflight = target.pick()?;
     let endpoint = inflight.endpoint();
@@ -147,7 +162,7 @@ async fn proxy(
     strip_hop_by_hop(headers, upgrading);
     match target.protocol {
         Protocol::Http1 => {
-            parts.version = Version::HTTP_11;
+            parts.version = orig_proto.unwrap_or(Version::HTTP_11);
             headers.insert(header::HOST, header_value(target.name.as_str())?);
         }
         Protocol::Http2 => {
@@ -189,7 +204,27 @@ async fn proxy(
         }
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    if orig_proto.is_some() {
+        let marker = if resp.version() == Version::HTTP_10 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
+        resp.headers_mut()
+            .insert(L5D_ORIG_PROTO, HeaderValue::from_static(marker));
+    }
     Ok(resp.map(Either::Left))
+}
+
+/// `HTTP/1.1` or `HTTP/1.0`, optionally followed by `; absolute-form`.
+fn parse_orig_proto(v: &HeaderValue) -> Option<Version> {
+    let s = v.to_str().ok()?;
+    let proto = s.split(';').next()?.trim();
+    match proto {
+        "HTTP/1.1" => Some(Version::HTTP_11),
+        "HTTP/1.0" => Some(Version::HTTP_10),
+        _ => None,
+    }
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ProxyError> {
@@ -323,6 +358,20 @@ mod tests {
             ),
         );
         assert!(forwarded_by(&h, &own));
+    }
+
+    #[test]
+    fn orig_proto_values() {
+        for (v, want) in [
+            ("HTTP/1.1", Some(Version::HTTP_11)),
+            ("HTTP/1.1; absolute-form", Some(Version::HTTP_11)),
+            ("HTTP/1.0", Some(Version::HTTP_10)),
+            ("HTTP/1.0; absolute-form", Some(Version::HTTP_10)),
+            ("HTTP/2", None),
+            ("junk", None),
+        ] {
+            assert_eq!(parse_orig_proto(&HeaderValue::from_static(v)), want, "{v}");
+        }
     }
 
     #[test]

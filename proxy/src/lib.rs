@@ -17,13 +17,15 @@ pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod routing;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{bail, Context};
 use hyper_util::server::graceful::GracefulShutdown;
-use identity::{tls, CertStore, Credentials, TrustAnchors};
+use identity::{tls as mtls, CertStore, Credentials, TrustAnchors};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -119,10 +121,20 @@ pub async fn start(
             max_idle_per_endpoint: 256,
         }),
         callers: CallerPolicy::new(callers),
+        connect_timeout: cfg.connect_timeout,
     });
-    let server_tls =
-        tls::server_config(store.clone(), &anchors, &[tls::ALPN_H2, tls::ALPN_HTTP11])?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+    // Server preference: a caller offering the transport header gets it.
+    let server_tls = Arc::new(mtls::server_config(
+        store.clone(),
+        &anchors,
+        &[
+            mtls::ALPN_TRANSPORT_HEADER,
+            mtls::ALPN_H2,
+            mtls::ALPN_HTTP11,
+        ],
+    )?);
+    // The admin port's mTLS side: the service mirror's probe offers no ALPN.
+    let admin_tls = Arc::new(mtls::server_config(store.clone(), &anchors, &[])?);
 
     let listener = bind(cfg.listen, "gateway").await?;
     let admin_listener = bind(cfg.admin_listen, "admin").await?;
@@ -138,11 +150,15 @@ pub async fn start(
         header_read_timeout: cfg.header_read_timeout,
         max_header_bytes: cfg.max_header_bytes,
         max_concurrent_streams: cfg.max_concurrent_streams,
+        header_timeout: cfg.header_timeout,
     };
     let mut tasks = Vec::new();
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics,
+        tls: admin_tls,
+        identity: own_id.clone(),
+        handshake_timeout: cfg.handshake_timeout,
     });
     tasks.push(tokio::spawn(admin::serve(
         admin_listener,
@@ -152,7 +168,7 @@ pub async fn start(
     let watcher_source = graceful.clone();
     tasks.push(tokio::spawn(listener::serve(
         listener,
-        acceptor,
+        server_tls,
         gw,
         limits,
         shutdown_rx.clone(),

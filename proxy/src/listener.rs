@@ -8,16 +8,17 @@ use hyper_util::{
     server::{conn::auto, graceful::Watcher},
 };
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{watch, OwnedSemaphorePermit, Semaphore},
 };
-use tokio_rustls::TlsAcceptor;
+use transport_header::SessionProtocol;
 
 use crate::{
     http::{handle, ConnCtx, Gateway},
     io::CountingIo,
     metrics::{self, ConnMetrics},
+    transport,
 };
 
 /// Limits on every connection.
@@ -29,6 +30,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
+    /// Deadline for reading a Linkerd transport header after the handshake.
+    pub header_timeout: Duration,
 }
 
 /// The three hyper servers a connection may get, chosen by ALPN.
@@ -61,7 +64,7 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
 /// Accepts until `shutdown` flips, handing each connection to its own task.
 pub async fn serve(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     gw: Arc<Gateway>,
     limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
@@ -96,7 +99,7 @@ pub async fn serve(
         tokio::spawn(connection(
             tcp,
             peer,
-            acceptor.clone(),
+            config.clone(),
             gw.clone(),
             servers.clone(),
             limits,
@@ -111,7 +114,7 @@ pub async fn serve(
 async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    config: Arc<rustls::ServerConfig>,
     gw: Arc<Gateway>,
     servers: Arc<Servers>,
     limits: ConnLimits,
@@ -123,30 +126,7 @@ async fn connection(
     let mut first = [0u8; 1];
     match tokio::time::timeout(limits.handshake_timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == 0x16 => {}
-        Ok(Ok(1)) => {
-            metrics::handshake_failure("plaintext");
-            tracing::warn!(%peer, "connection refused: plaintext on the mTLS port");
-            let mut tcp = tcp;
-            if first[0].is_ascii_alphabetic() {
-                let _ = tcp
-                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 31\r\n\r\nthis port requires mutual TLS\r\n")
-                    .await;
-            }
-            let _ = tcp.shutdown().await;
-            // Closing with the caller's bytes unread would send RST and could destroy the
-            // response in flight; read (bounded in size and time) until the caller closes.
-            let mut sink = [0u8; 4096];
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                for _ in 0..16 {
-                    match tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            })
-            .await;
-            return;
-        }
+        Ok(Ok(1)) => return refuse_plaintext(tcp, peer, first[0]).await,
         Ok(_) => return,
         Err(_) => {
             metrics::handshake_failure("timeout");
@@ -154,30 +134,22 @@ async fn connection(
             return;
         }
     }
-    let tls = match tokio::time::timeout(
+    let local = tcp.local_addr().ok();
+    let mut tls = match crate::tls::accept(
+        CountingIo::new(tcp),
+        config,
+        &gw.identity,
         limits.handshake_timeout,
-        acceptor.accept(CountingIo::new(tcp)),
     )
     .await
     {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .map(identity::tls::failure_reason)
-                .unwrap_or("io");
-            metrics::handshake_failure(reason);
-            tracing::warn!(%peer, reason, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics::handshake_failure("timeout");
-            tracing::warn!(%peer, "TLS handshake timed out");
+        Ok(tls) => tls,
+        Err(refused) => {
+            metrics::handshake_failure(refused.reason);
+            tracing::warn!(%peer, reason = refused.reason, error = %refused.detail, "TLS handshake failed");
             return;
         }
     };
-    let mut tls = tls;
     let (io, session) = tls.get_mut();
     let client_id = match session
         .peer_certificates()
@@ -196,7 +168,7 @@ async fn connection(
         }
     };
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let conn_metrics = ConnMetrics::accepted(client_id.as_str());
+    let conn_metrics = ConnMetrics::accepted(client_id.as_str(), local);
     io.attach(
         conn_metrics.read_bytes.clone(),
         conn_metrics.write_bytes.clone(),
@@ -206,24 +178,61 @@ async fn connection(
         tracing::warn!(%peer, %client_id, "caller not in the allow-list; its requests get 403");
     }
     tracing::debug!(%peer, %client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
-    let ctx = Arc::new(ConnCtx {
+    let mut ctx = ConnCtx {
         peer,
         client_id,
         allowed,
         metrics: conn_metrics,
-    });
-    let service = {
-        let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| handle(gw.clone(), ctx.clone(), req))
+        target: None,
     };
     let server = match alpn.as_deref() {
+        Some(transport_header::ALPN) => {
+            let Some(session) =
+                transport::accept(&mut tls, &gw, &mut ctx, limits.header_timeout).await
+            else {
+                return;
+            };
+            match session {
+                Some(SessionProtocol::Http2) => &servers.h2,
+                Some(SessionProtocol::Http1) => &servers.h1,
+                None => return transport::splice(tls, &gw, &ctx).await,
+            }
+        }
         Some(b"h2") => &servers.h2,
         Some(b"http/1.1") => &servers.h1,
         _ => &servers.either,
+    };
+    let ctx = Arc::new(ctx);
+    let service = {
+        let ctx = ctx.clone();
+        hyper::service::service_fn(move |req| handle(gw.clone(), ctx.clone(), req))
     };
     let conn = server.serve_connection_with_upgrades(TokioIo::new(tls), service);
     if let Err(e) = watcher.watch(conn).await {
         ctx.metrics.set_close_error("EIO");
         tracing::debug!(%peer, client_id = %ctx.client_id, error = %e, "connection ended with an error");
     }
+}
+
+async fn refuse_plaintext(mut tcp: TcpStream, peer: SocketAddr, first: u8) {
+    metrics::handshake_failure("plaintext");
+    tracing::warn!(%peer, "connection refused: plaintext on the mTLS port");
+    if first.is_ascii_alphabetic() {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 31\r\n\r\nthis port requires mutual TLS\r\n")
+            .await;
+    }
+    let _ = tcp.shutdown().await;
+    // Closing with the caller's bytes unread would send RST and could destroy the response in
+    // flight; read (bounded in size and time) until the caller closes.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for _ in 0..16 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }

@@ -41,9 +41,14 @@ pub struct ConnMetrics {
 }
 
 impl ConnMetrics {
-    pub fn accepted(client_id: &str) -> Self {
+    /// `local` is the address the caller dialled: Linkerd's `target_addr`.
+    pub fn accepted(client_id: &str, local: Option<std::net::SocketAddr>) -> Self {
         let base = vec![
             Label::new("direction", "inbound"),
+            Label::new(
+                "target_addr",
+                local.map(|a| a.to_string()).unwrap_or_default(),
+            ),
             Label::new("tls", "true"),
             Label::new("client_id", client_id.to_string()),
         ];
@@ -111,6 +116,23 @@ pub fn http_error(error: &'static str) {
 pub fn upstream_error(error: &'static str, target_addr: &str) {
     counter!("outbound_http_errors_total", "error" => error, "target_addr" => target_addr.to_string())
         .increment(1);
+}
+
+/// A refused or failed TCP-level gateway connection (transport header, opaque upstream).
+pub fn tcp_error(error: &'static str) {
+    counter!("inbound_tcp_errors_total", "error" => error).increment(1);
+}
+
+/// A connection that named its target in a transport header.
+pub fn transport_header_connection(protocol: &'static str, port: u16, name: &str, client_id: &str) {
+    counter!(
+        "inbound_tcp_transport_header_connections_total",
+        "session_protocol" => protocol,
+        "target_port" => port.to_string(),
+        "target_name" => name.to_string(),
+        "client_id" => client_id.to_string()
+    )
+    .increment(1);
 }
 
 pub fn handshake_failure(reason: &'static str) {

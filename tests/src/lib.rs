@@ -451,16 +451,80 @@ pub fn client_tls(fx: &Fixture, stem: &str, alpn: &[&[u8]]) -> Arc<rustls::Clien
     )
 }
 
-/// Opens one mTLS connection and an HTTP/2 or HTTP/1.1 sender over it.
+pub type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens one mTLS connection with SNI = the gateway's identity.
 pub async fn connect(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> anyhow::Result<ClientTls> {
+    connect_sni(addr, tls, GATEWAY_ID).await
+}
+
+pub async fn connect_sni(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> anyhow::Result<ClientTls> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = identity::tls::server_name(&Identity::parse(GATEWAY_ID)?)?;
+    let name = identity::tls::server_name(&Identity::parse(sni)?)?;
     Ok(tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await?)
+}
+
+/// Connects as a Linkerd source proxy does: ALPN `transport.l5d.io/v1` only, then the header.
+pub async fn linkerd_connect(
+    fx: &Fixture,
+    addr: SocketAddr,
+    header: &transport_header::Header,
+) -> anyhow::Result<ClientTls> {
+    use tokio::io::AsyncWriteExt;
+    let mut io = connect(addr, client_tls(fx, "vote-bot", &[transport_header::ALPN])).await?;
+    anyhow::ensure!(
+        io.get_ref().1.alpn_protocol() == Some(transport_header::ALPN),
+        "gateway did not select transport.l5d.io/v1"
+    );
+    io.write_all(&header.encode()).await?;
+    Ok(io)
+}
+
+/// An HTTP/2 client on an established stream (prior knowledge, as after a transport header).
+pub async fn h2_over<IO>(
+    io: IO,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// A TCP server that reads until the peer half-closes, then answers `echo:<what it read>` and
+/// closes: it only answers if half-close travels through the gateway.
+pub async fn echo_after_eof() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                if tcp.read_to_end(&mut got).await.is_ok() {
+                    let mut out = b"echo:".to_vec();
+                    out.extend_from_slice(&got);
+                    let _ = tcp.write_all(&out).await;
+                    let _ = tcp.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 pub async fn h2_sender(
