@@ -232,7 +232,7 @@ fn header_value(s: &str) -> Result<HeaderValue, ProxyError> {
 }
 
 /// `:authority` for HTTP/2 and absolute-form requests, else `Host`.
-fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+pub fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
     if let Some(a) = req.uri().authority() {
         return Authority::parse(a.as_str());
     }

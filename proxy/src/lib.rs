@@ -15,6 +15,7 @@ pub mod http;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod routing;
 pub mod tls;

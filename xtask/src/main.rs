@@ -1,6 +1,13 @@
 //! `cargo xtask ...`: the project's automation as a plain Rust binary.
 
-use std::process::{Command, ExitCode};
+mod demo;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Duration,
+};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -14,10 +21,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Stand up the two-region demo (west calls east through the gateway).
-    Demo,
+    /// Stand up the two-region demo: vote-bot in west calls web-svc in east through the gateway.
+    Demo {
+        /// How long traffic runs [default: 30s]; without it, until Ctrl-C with --keep.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Round-trip time of the simulated WAN link (SFO–Sydney is about 150 ms).
+        #[arg(long, default_value = "150ms", value_parser = humantime::parse_duration)]
+        rtt: Duration,
+        /// Leave everything running after the summary, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Build and run optimised binaries.
+        #[arg(long)]
+        release: bool,
+        /// Where certificates and logs go.
+        #[arg(long, default_value = "target/demo")]
+        dir: PathBuf,
+    },
     /// Run what CI runs: fmt check, clippy, tests.
     Ci,
+    #[command(hide = true)]
+    WebSvc {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    #[command(hide = true)]
+    VoteBot {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        pause: Duration,
+    },
+    #[command(hide = true)]
+    Wan {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        rtt: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,12 +90,32 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Demo => bail!(
-            "the two-region demo is not built yet (it is the open `cargo xtask demo` issue); \
-             until then, README.md shows how to make the PKI with `identity`"
-        ),
+        Cmd::Demo {
+            duration,
+            rtt,
+            keep,
+            release,
+            dir,
+        } => demo::run_local(demo::LocalOptions {
+            duration: if keep {
+                duration
+            } else {
+                Some(duration.unwrap_or(Duration::from_secs(30)))
+            },
+            rtt,
+            keep,
+            release,
+            dir,
+        }),
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
@@ -60,5 +128,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ])?;
             cargo(&["test", "--workspace"])
         }
+        Cmd::WebSvc { listen } => runtime()?.block_on(demo::emojivoto::web_svc(listen)),
+        Cmd::VoteBot {
+            target,
+            host,
+            duration,
+            pause,
+        } => {
+            let rt = runtime()?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let report = rt.block_on(async {
+                let flag = stop.clone();
+                // Interrupted: finish the iteration in flight and report what was done.
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                });
+                demo::emojivoto::vote_bot(target, host, duration, pause, stop).await
+            })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Wan { listen, to, rtt } => runtime()?.block_on(demo::wan::run(listen, to, rtt)),
     }
 }

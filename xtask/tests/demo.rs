@@ -1,0 +1,58 @@
+//! `cargo xtask demo` end to end, shortened: it must finish green, show tap lines with tls=true
+//! and the caller's identity as the gateway saw it, and leave no process behind.
+
+use std::process::Command;
+
+#[test]
+fn local_demo_runs_green_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["demo", "--duration", "4s", "--rtt", "20ms", "--dir"])
+        .arg(&demo_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("req id=")
+            && l.contains("tls=true")
+            && l.contains(":authority=web-svc.emojivoto.svc.cluster.local:80")
+            && l.contains(":path=/api/list")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("rsp id=") && l.contains(":status=200")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 failed, 100.0% success"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "client_id=vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local tls=true"
+        ),
+        "{stdout}"
+    );
+    // Every process the demo started was stopped.
+    let left = Command::new("pgrep")
+        .args(["-f", &demo_dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let left = Command::new("pgrep")
+        .args(["-f", "xtask (web-svc|vote-bot|wan) "])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
