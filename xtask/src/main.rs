@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: the project's automation as a plain Rust binary.
 
 mod demo;
+mod doks;
 
 use std::{
     net::SocketAddr,
@@ -35,9 +36,33 @@ enum Cmd {
         /// Build and run optimised binaries.
         #[arg(long)]
         release: bool,
-        /// Where certificates and logs go.
-        #[arg(long, default_value = "target/demo")]
-        dir: PathBuf,
+        /// Where certificates and logs go [default: target/demo, or target/doks with --doks].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Do the tutorial for real on DigitalOcean Kubernetes (needs doctl, kubectl, linkerd).
+        #[arg(long)]
+        doks: bool,
+        /// With --doks: print every command without running any.
+        #[arg(long, requires = "doks")]
+        dry_run: bool,
+        /// With --doks: remove what it made.
+        #[arg(long, requires = "doks")]
+        cleanup: bool,
+        /// With --doks --cleanup: delete the clusters too.
+        #[arg(long, requires = "cleanup")]
+        delete_clusters: bool,
+        /// With --doks: nodes per cluster.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// With --doks: droplet size.
+        #[arg(long, default_value = "s-8vcpu-16gb")]
+        size: String,
+        /// With --doks: the gateway image the clusters can pull (see `cargo xtask image`).
+        #[arg(long, default_value = "meshgate/gateway:0.1.0")]
+        image: String,
+        /// With --doks: verification attempts, 10 s apart.
+        #[arg(long, default_value_t = 30)]
+        verify_attempts: u32,
     },
     /// Run what CI runs: fmt check, clippy, tests.
     Ci,
@@ -105,17 +130,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             keep,
             release,
             dir,
-        } => demo::run_local(demo::LocalOptions {
-            duration: if keep {
-                duration
-            } else {
-                Some(duration.unwrap_or(Duration::from_secs(30)))
-            },
-            rtt,
-            keep,
-            release,
-            dir,
-        }),
+            doks,
+            dry_run,
+            cleanup,
+            delete_clusters,
+            nodes,
+            size,
+            image,
+            verify_attempts,
+        } => {
+            if doks {
+                return doks::run(doks::DoksOptions {
+                    dry_run,
+                    cleanup,
+                    delete_clusters,
+                    nodes,
+                    size,
+                    west_region: "sfo3".into(),
+                    east_region: "syd1".into(),
+                    image,
+                    dir: std::env::current_dir()?.join(dir.unwrap_or_else(|| "target/doks".into())),
+                    verify_attempts,
+                    // Tests shorten the wait between verification attempts.
+                    verify_interval: Duration::from_secs(
+                        std::env::var("XTASK_VERIFY_INTERVAL_SECS")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(10),
+                    ),
+                });
+            }
+            demo::run_local(demo::LocalOptions {
+                duration: if keep {
+                    duration
+                } else {
+                    Some(duration.unwrap_or(Duration::from_secs(30)))
+                },
+                rtt,
+                keep,
+                release,
+                dir: dir.unwrap_or_else(|| "target/demo".into()),
+            })
+        }
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[

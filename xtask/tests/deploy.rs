@@ -7,7 +7,8 @@ use std::{path::PathBuf, process::Command};
 use serde_json::Value;
 
 const K8S_VERSION: &str = "1.32.0";
-const GATEWAY_ID: &str = "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
+const GATEWAY_ID: &str =
+    "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
 
 fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -19,7 +20,11 @@ fn render(overlay: &str) -> String {
         .arg(deploy().join(overlay))
         .output()
         .expect("kubectl (kustomize) must be installed; .ci/run installs it");
-    assert!(out.status.success(), "kustomize {overlay}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -35,7 +40,11 @@ fn validate(yaml: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -48,14 +57,20 @@ fn objects(yaml: &str) -> Vec<Value> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
-    objs.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
 }
 
 #[test]
@@ -64,11 +79,17 @@ fn every_overlay_renders_and_validates_strictly() {
         let yaml = render(overlay);
         validate(&yaml).unwrap_or_else(|e| panic!("{overlay}: {e}"));
         // The certificate Secret is made at deploy time, never committed.
-        assert!(objects(&yaml).iter().all(|o| o["kind"] != "Secret"), "{overlay} renders a Secret");
+        assert!(
+            objects(&yaml).iter().all(|o| o["kind"] != "Secret"),
+            "{overlay} renders a Secret"
+        );
     }
     // The validator does reject what it should: an unknown field.
     let bad = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  bogus: 1\n  ports: [{port: 1}]\n";
-    assert!(validate(bad).is_err(), "strict validation accepted an unknown field");
+    assert!(
+        validate(bad).is_err(),
+        "strict validation accepted an unknown field"
+    );
 }
 
 #[test]
@@ -85,11 +106,25 @@ fn gateway_service_has_what_link_reads() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["port"].as_i64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(ports, [("mc-gateway".to_string(), 4143), ("mc-probe".to_string(), 4191)]);
+    assert_eq!(
+        ports,
+        [
+            ("mc-gateway".to_string(), 4143),
+            ("mc-probe".to_string(), 4191)
+        ]
+    );
     assert_eq!(svc["spec"]["selector"]["app"], "linkerd-gateway");
-    assert!(find(&objs, "ServiceAccount", "linkerd-gateway").is_some(), "the identity comes from this SA");
+    assert!(
+        find(&objs, "ServiceAccount", "linkerd-gateway").is_some(),
+        "the identity comes from this SA"
+    );
 }
 
 #[test]
@@ -100,20 +135,35 @@ fn gateway_deployment_is_hardened_and_probed() {
     assert_eq!(d["spec"]["replicas"], 2);
     assert_eq!(spec["serviceAccountName"], "linkerd-gateway");
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"], "disabled");
-    assert!(spec["topologySpreadConstraints"].as_array().is_some_and(|t| !t.is_empty()));
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"],
+        "disabled"
+    );
+    assert!(spec["topologySpreadConstraints"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty()));
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string());
-    let ports: Vec<i64> = c["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_i64().unwrap()).collect();
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string()
+            && c["resources"]["limits"]["memory"].is_string()
+    );
+    let ports: Vec<i64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_i64().unwrap())
+        .collect();
     assert_eq!(ports, [4143, 4191]);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 4191);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
     // The grace period covers preStop plus the gateway's drain.
-    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"].as_i64().unwrap();
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_i64()
+        .unwrap();
     let drain: i64 = c["args"]
         .as_array()
         .unwrap()
@@ -129,21 +179,42 @@ fn gateway_deployment_is_hardened_and_probed() {
 #[test]
 fn demo_overlays_match_the_tutorial() {
     let east = objects(&render("demo/east"));
-    assert!(find(&east, "Deployment", "vote-bot").is_none(), "east runs no vote-bot");
+    assert!(
+        find(&east, "Deployment", "vote-bot").is_none(),
+        "east runs no vote-bot"
+    );
     for d in ["web", "emoji", "voting", "linkerd-gateway"] {
         assert!(find(&east, "Deployment", d).is_some(), "east lacks {d}");
     }
     let web = find(&east, "Service", "web-svc").unwrap();
-    assert_eq!(web["metadata"]["labels"]["mirror.linkerd.io/exported"], "true");
+    assert_eq!(
+        web["metadata"]["labels"]["mirror.linkerd.io/exported"],
+        "true"
+    );
     let west = objects(&render("demo/west"));
     for d in ["web", "emoji", "voting"] {
         assert!(find(&west, "Deployment", d).is_none(), "west still has {d}");
     }
     let bot = find(&west, "Deployment", "vote-bot").unwrap();
-    assert_eq!(bot["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"], "web-svc-east.emojivoto:80");
-    for o in east.iter().chain(&west).filter(|o| o["kind"] == "Deployment" && o["metadata"]["namespace"] == "emojivoto") {
-        assert_eq!(o["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"], "enabled");
-        let image = o["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
-        assert!(image.starts_with("docker.l5d.io/buoyantio/emojivoto-") && image.ends_with(":v11"), "{image}");
+    assert_eq!(
+        bot["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "web-svc-east.emojivoto:80"
+    );
+    for o in east
+        .iter()
+        .chain(&west)
+        .filter(|o| o["kind"] == "Deployment" && o["metadata"]["namespace"] == "emojivoto")
+    {
+        assert_eq!(
+            o["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"],
+            "enabled"
+        );
+        let image = o["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap();
+        assert!(
+            image.starts_with("docker.l5d.io/buoyantio/emojivoto-") && image.ends_with(":v11"),
+            "{image}"
+        );
     }
 }
