@@ -36,6 +36,9 @@ enum Cmd {
         /// Build and run optimised binaries.
         #[arg(long)]
         release: bool,
+        /// West and east in network namespaces joined by a veth pair (needs root and iproute2).
+        #[arg(long, value_enum, default_value_t = demo::NetnsMode::Auto)]
+        netns: demo::NetnsMode,
         /// Where certificates and logs go [default: target/demo, or target/doks with --doks].
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -64,6 +67,15 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         verify_attempts: u32,
     },
+    /// Build the gateway image from deploy/gateway/Dockerfile (needs a Docker engine).
+    Image {
+        /// Image name and tag.
+        #[arg(long, default_value = "meshgate/gateway:0.1.0")]
+        tag: String,
+        /// Push it after building (e.g. to registry.digitalocean.com/<registry>/gateway:0.1.0).
+        #[arg(long)]
+        push: bool,
+    },
     /// Run what CI runs: fmt check, clippy, tests.
     Ci,
     #[command(hide = true)]
@@ -82,6 +94,8 @@ enum Cmd {
         #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
         pause: Duration,
     },
+    #[command(hide = true)]
+    HttpGet { addr: SocketAddr, path: String },
     #[command(hide = true)]
     Wan {
         #[arg(long)]
@@ -115,6 +129,45 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn image(tag: &str, push: bool) -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !engine {
+        bail!("no Docker engine reachable (`docker info` failed): `docker build` needs one");
+    }
+    let dockerfile = root.join("deploy/gateway/Dockerfile");
+    let status = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "1")
+        .arg("build")
+        .arg("-f")
+        .arg(&dockerfile)
+        .args(["-t", tag])
+        .arg(&root)
+        .status()
+        .context("running docker build")?;
+    if !status.success() {
+        bail!("docker build failed ({status})");
+    }
+    if push {
+        let status = Command::new("docker")
+            .args(["push", tag])
+            .status()
+            .context("running docker push")?;
+        if !status.success() {
+            bail!("docker push {tag} failed ({status})");
+        }
+    }
+    println!("built {tag}{}", if push { " and pushed it" } else { "" });
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -129,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rtt,
             keep,
             release,
+            netns,
             dir,
             doks,
             dry_run,
@@ -161,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 });
             }
             demo::run_local(demo::LocalOptions {
+                netns,
                 duration: if keep {
                     duration
                 } else {
@@ -172,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir: dir.unwrap_or_else(|| "target/demo".into()),
             })
         }
+        Cmd::Image { tag, push } => image(&tag, push),
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[
@@ -203,6 +259,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 demo::emojivoto::vote_bot(target, host, duration, pause, stop).await
             })?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::HttpGet { addr, path } => {
+            let (status, body) = demo::http_get(addr, &path)?;
+            print!("{status}\n{body}");
             Ok(())
         }
         Cmd::Wan { listen, to, rtt } => runtime()?.block_on(demo::wan::run(listen, to, rtt)),

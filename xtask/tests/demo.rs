@@ -3,12 +3,43 @@
 
 use std::process::Command;
 
+/// One test, both layouts in turn: run side by side, each would see the other's processes.
+/// As root with iproute2 (as CI runs), `auto` gives west and east namespaces of their own;
+/// elsewhere it falls back to loopback and repeats the first run.
 #[test]
 fn local_demo_runs_green_and_cleans_up() {
+    run_demo("off");
+    let stdout = run_demo("auto");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        assert!(stdout.contains("joined by a veth pair"), "{stdout}");
+        assert!(stdout.contains("dst=192.0.2.2:4143"), "{stdout}");
+        let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&ns.stdout).contains("mgdemo"),
+            "namespaces left behind"
+        );
+    }
+}
+
+fn run_demo(netns: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["demo", "--duration", "4s", "--rtt", "20ms", "--dir"])
+        .args([
+            "demo",
+            "--duration",
+            "4s",
+            "--rtt",
+            "20ms",
+            "--netns",
+            netns,
+            "--dir",
+        ])
         .arg(&demo_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -55,4 +86,5 @@ fn local_demo_runs_green_and_cleans_up() {
         "left behind: {}",
         String::from_utf8_lossy(&left.stdout)
     );
+    stdout.into_owned()
 }

@@ -3,6 +3,7 @@
 //! sidecar; a user-space WAN link between them adds the SFO–Sydney round trip.
 
 pub mod emojivoto;
+pub mod netns;
 pub mod procs;
 pub mod wan;
 
@@ -26,7 +27,17 @@ pub const WEB_SVC: &str = "web-svc.emojivoto.svc.cluster.local:80";
 /// The mirrored name west's workloads use for east's web-svc.
 pub const WEB_SVC_EAST: &str = "web-svc-east.emojivoto.svc.cluster.local:80";
 
+/// Whether west and east get network namespaces of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetnsMode {
+    /// When root with iproute2; else loopback.
+    Auto,
+    On,
+    Off,
+}
+
 pub struct LocalOptions {
+    pub netns: NetnsMode,
     pub duration: Option<Duration>,
     pub rtt: Duration,
     pub keep: bool,
@@ -91,37 +102,109 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_ready(admin: SocketAddr, procs: &mut Procs, limit: Duration) -> anyhow::Result<()> {
+/// Where each part runs: on this host's loopback, or in west/east namespaces.
+struct Layout {
+    netns: Option<netns::Netns>,
+    web: SocketAddr,
+    gw: SocketAddr,
+    admin: SocketAddr,
+    /// Where the WAN link listens (east side) and where west dials: east's "public" address.
+    wan: SocketAddr,
+    outbound: SocketAddr,
+}
+
+impl Layout {
+    fn west(&self) -> Option<&str> {
+        self.netns.as_ref().map(|n| n.west.as_str())
+    }
+
+    fn east(&self) -> Option<&str> {
+        self.netns.as_ref().map(|n| n.east.as_str())
+    }
+
+    fn loopback() -> anyhow::Result<Self> {
+        let gw = port(4143)?;
+        // West reaches east's gateway at its "public" address: the WAN link's end, on another
+        // loopback address but the same port, as a LoadBalancer would present it.
+        let wan = ["127.0.0.2", "127.0.0.1"]
+            .iter()
+            .find_map(|ip| {
+                std::net::TcpListener::bind((*ip, gw.port()))
+                    .ok()?
+                    .local_addr()
+                    .ok()
+            })
+            .map(Ok)
+            .unwrap_or_else(|| port(0))?;
+        Ok(Self {
+            netns: None,
+            web: port(8080)?,
+            gw,
+            admin: port(4191)?,
+            wan,
+            outbound: port(4140)?,
+        })
+    }
+
+    fn namespaces() -> anyhow::Result<Self> {
+        let ns = netns::Netns::create()?;
+        let a = |s: &str| -> anyhow::Result<SocketAddr> { Ok(s.parse()?) };
+        Ok(Self {
+            netns: Some(ns),
+            web: a("127.0.0.1:8080")?,
+            gw: a("127.0.0.1:4143")?,
+            admin: a("127.0.0.1:4191")?,
+            wan: a(&format!("{}:4143", netns::EAST_IP))?,
+            outbound: a("127.0.0.1:4140")?,
+        })
+    }
+
+    /// A GET from inside `ns` (through this binary's `http-get` there), or from here.
+    fn get(&self, ns: Option<&str>, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+        match ns {
+            None => http_get(addr, path).ok(),
+            Some(_) => {
+                let me = std::env::current_exe().ok()?;
+                let out = netns::command(ns, &me)
+                    .args(["http-get", &addr.to_string(), path])
+                    .output()
+                    .ok()?;
+                if !out.status.success() {
+                    return None;
+                }
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let (status, body) = text.split_once('\n')?;
+                Some((status.trim().parse().ok()?, body.to_string()))
+            }
+        }
+    }
+
+    /// How a person reaches `addr` in `ns` from a shell.
+    fn shell_prefix(&self, ns: Option<&str>) -> String {
+        ns.map(|n| format!("ip netns exec {n} "))
+            .unwrap_or_default()
+    }
+}
+
+fn wait_until(
+    procs: &mut Procs,
+    what: &str,
+    limit: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some((name, status)) = procs.exited() {
             bail!("{name} exited during start-up ({status})");
         }
-        if http_get(admin, "/ready")
-            .map(|(s, _)| s == 200)
-            .unwrap_or(false)
-        {
+        if ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the gateway did not become ready within {limit:?}");
+            bail!("{what} did not come up within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn wait_port(addr: SocketAddr, procs: &mut Procs, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Some((name, status)) = procs.exited() {
-            bail!("{name} exited during start-up ({status})");
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not start listening on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -213,61 +296,80 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
     step(&format!("making a fresh PKI in {}", dir.display()));
     make_pki(&dir)?;
 
-    let gw = port(4143)?;
-    let admin = port(4191)?;
-    let web = port(8080)?;
-    // West reaches east's gateway at its "public" address: the WAN link's end, on another
-    // loopback address but the same port, as a LoadBalancer would present it.
-    let wan = ["127.0.0.2", "127.0.0.1"]
-        .iter()
-        .find_map(|ip| {
-            std::net::TcpListener::bind((*ip, gw.port()))
-                .ok()?
-                .local_addr()
-                .ok()
-        })
-        .map(Ok)
-        .unwrap_or_else(|| port(0))?;
-    let outbound = port(4140)?;
+    let layout = match opts.netns {
+        NetnsMode::Off => Layout::loopback()?,
+        NetnsMode::On => Layout::namespaces()?,
+        NetnsMode::Auto if netns::Netns::available() => Layout::namespaces().or_else(|e| {
+            println!("    (network namespaces unavailable: {e:#}; staying on loopback)");
+            Layout::loopback()
+        })?,
+        NetnsMode::Auto => Layout::loopback()?,
+    };
+    match &layout.netns {
+        Some(n) => step(&format!(
+            "network: namespaces {} ({}) and {} ({}) joined by a veth pair",
+            n.west,
+            netns::WEST_IP,
+            n.east,
+            netns::EAST_IP
+        )),
+        None => step("network: loopback (run as root with iproute2 for separate namespaces)"),
+    }
+    let (west, east) = (layout.west(), layout.east());
     let me = std::env::current_exe()?;
+    // Declared after the layout so processes stop before the namespaces go.
     let mut procs = Procs::new();
+    let (web, gw, admin, wan, outbound) = (
+        layout.web,
+        layout.gw,
+        layout.admin,
+        layout.wan,
+        layout.outbound,
+    );
 
     step(&format!(
         "east (syd1): web-svc on {web}, gateway on {gw} (admin {admin})"
     ));
-    let mut c = Command::new(&me);
+    let mut c = netns::command(east, &me);
     c.args(["web-svc", "--listen", &web.to_string()]);
     procs.spawn("web-svc", c, &dir.join("web-svc.log"), false)?;
-    let mut c = Command::new(bin.join("gateway"));
-    c.current_dir(&dir)
-        .args([
-            "--listen",
-            &gw.to_string(),
-            "--admin-listen",
-            &admin.to_string(),
-        ])
-        .arg("--trust-anchors")
-        .arg(dir.join("root.crt"))
-        .arg("--cert")
-        .arg(dir.join("gateway.crt"))
-        .arg("--key")
-        .arg(dir.join("gateway.key"))
-        .args(["--route", &format!("{WEB_SVC}={web}")])
-        .args([
-            "--allow-client",
-            "*.emojivoto.serviceaccount.identity.linkerd.cluster.local",
-        ])
-        .args(["--export", "web-svc.emojivoto.svc.cluster.local"])
-        .env("RUST_LOG", "info");
+    let mut c = netns::command(east, &bin.join("gateway"));
+    c.args([
+        "--listen",
+        &gw.to_string(),
+        "--admin-listen",
+        &admin.to_string(),
+    ])
+    .arg("--trust-anchors")
+    .arg(dir.join("root.crt"))
+    .arg("--cert")
+    .arg(dir.join("gateway.crt"))
+    .arg("--key")
+    .arg(dir.join("gateway.key"))
+    .args(["--route", &format!("{WEB_SVC}={web}")])
+    .args([
+        "--allow-client",
+        "*.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+    ])
+    .args(["--export", "web-svc.emojivoto.svc.cluster.local"])
+    .env("RUST_LOG", "info");
     procs.spawn("gateway", c, &dir.join("gateway.log"), false)?;
-    wait_port(web, &mut procs, "web-svc")?;
-    wait_ready(admin, &mut procs, Duration::from_secs(20))?;
+    wait_until(&mut procs, "web-svc", Duration::from_secs(20), || {
+        layout
+            .get(east, web, "/api/list")
+            .is_some_and(|(s, _)| s == 200)
+    })?;
+    wait_until(&mut procs, "the gateway", Duration::from_secs(20), || {
+        layout
+            .get(east, admin, "/ready")
+            .is_some_and(|(s, _)| s == 200)
+    })?;
 
     step(&format!(
         "WAN link sfo3 <-> syd1 on {wan}: {} round trip",
         humantime::format_duration(opts.rtt)
     ));
-    let mut c = Command::new(&me);
+    let mut c = netns::command(east, &me);
     c.args([
         "wan",
         "--listen",
@@ -278,39 +380,46 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         &humantime::format_duration(opts.rtt).to_string(),
     ]);
     procs.spawn("wan", c, &dir.join("wan.log"), false)?;
-    wait_port(wan, &mut procs, "the WAN link")?;
+    // The gateway answers plaintext with 400: enough to know the link is up, from west's side.
+    wait_until(&mut procs, "the WAN link", Duration::from_secs(20), || {
+        layout.get(west, wan, "/").is_some()
+    })?;
 
     step(&format!(
         "west (sfo3): vote-bot -> web-svc-east via the outbound proxy on {outbound}"
     ));
-    let mut c = Command::new(bin.join("outbound"));
-    c.current_dir(&dir)
-        .args([
-            "--listen",
-            &outbound.to_string(),
-            "--gateway",
-            &wan.to_string(),
-            "--gateway-identity",
-            GATEWAY_ID,
-        ])
-        .arg("--trust-anchors")
-        .arg(dir.join("root.crt"))
-        .arg("--cert")
-        .arg(dir.join("vote-bot.crt"))
-        .arg("--key")
-        .arg(dir.join("vote-bot.key"))
-        .args(["--remote", &format!("{WEB_SVC_EAST}={WEB_SVC}")])
-        .args(["--remote", &format!("web-svc-east:80={WEB_SVC}")])
-        .env("RUST_LOG", "info");
+    let mut c = netns::command(west, &bin.join("outbound"));
+    c.args([
+        "--listen",
+        &outbound.to_string(),
+        "--gateway",
+        &wan.to_string(),
+        "--gateway-identity",
+        GATEWAY_ID,
+    ])
+    .arg("--trust-anchors")
+    .arg(dir.join("root.crt"))
+    .arg("--cert")
+    .arg(dir.join("vote-bot.crt"))
+    .arg("--key")
+    .arg(dir.join("vote-bot.key"))
+    .args(["--remote", &format!("{WEB_SVC_EAST}={WEB_SVC}")])
+    .args(["--remote", &format!("web-svc-east:80={WEB_SVC}")])
+    .env("RUST_LOG", "info");
     procs.spawn("outbound", c, &dir.join("outbound.log"), false)?;
-    wait_port(outbound, &mut procs, "the outbound proxy")?;
+    wait_until(
+        &mut procs,
+        "the outbound proxy",
+        Duration::from_secs(20),
+        || layout.get(west, outbound, "/").is_some(),
+    )?;
 
     let stop_tap = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tap = follow_tap(dir.join("outbound.log"), stop_tap.clone());
     let run_for = opts
         .duration
         .unwrap_or(Duration::from_secs(365 * 24 * 3600));
-    let mut c = Command::new(&me);
+    let mut c = netns::command(west, &me);
     c.args([
         "vote-bot",
         "--target",
@@ -367,7 +476,8 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
             .map_while(Result::ok)
             .find_map(|l| serde_json::from_str(&l).ok())
     });
-    let metrics = http_get(admin, "/metrics")
+    let metrics = layout
+        .get(east, admin, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
     std::thread::sleep(Duration::from_millis(200));
@@ -397,21 +507,23 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
     for (id, n) in callers_seen(&metrics) {
         println!("      client_id={id} tls=true requests={n}");
     }
-    println!("    metrics:       curl http://{admin}/metrics");
+    println!(
+        "    metrics:       {}curl http://{admin}/metrics",
+        layout.shell_prefix(east)
+    );
     println!("    logs:          {}", dir.display());
 
     if opts.keep && failure.is_none() {
+        let (w, e) = (layout.shell_prefix(west), layout.shell_prefix(east));
         println!();
         println!("==> still running (--keep); explore, then Ctrl-C to tear down:");
-        println!("    curl -H 'Host: web-svc-east' http://{outbound}/api/leaderboard");
+        println!("    {w}curl -H 'Host: web-svc-east' http://{outbound}/api/leaderboard");
         println!(
-            "    curl --cacert {d}/root.crt --cert {d}/vote-bot.crt --key {d}/vote-bot.key \\",
+            "    {w}curl --cacert {d}/root.crt --cert {d}/vote-bot.crt --key {d}/vote-bot.key \\",
             d = dir.display()
         );
-        println!("      --resolve {GATEWAY_ID}:{}:127.0.0.1 -H 'Host: {WEB_SVC}' https://{GATEWAY_ID}:{}/api/list", gw.port(), gw.port());
-        println!(
-            "    curl http://{admin}/ready; curl -s http://{admin}/metrics | grep ^request_total"
-        );
+        println!("      --resolve {GATEWAY_ID}:{}:{} -H 'Host: {WEB_SVC}' https://{GATEWAY_ID}:{}/api/list", wan.port(), wan.ip(), wan.port());
+        println!("    {e}curl http://{admin}/ready; {e}curl -s http://{admin}/metrics | grep ^request_total");
         while !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             if let Some((name, status)) = procs.exited() {
                 if name != "vote-bot" {
@@ -424,6 +536,7 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
     }
     step("tearing down");
     procs.stop(Duration::from_secs(5));
+    drop(layout);
     if let Some(f) = failure {
         bail!(f);
     }
