@@ -42,6 +42,8 @@ pub struct Report {
     pub bytes_per_second: f64,
     /// Microseconds; in open-loop mode measured from each request's scheduled time.
     pub latency_us: Latency,
+    /// (nines, milliseconds) from p0 to p99.999, for plotting runs together.
+    pub latency_spectrum_ms: Vec<(f64, f64)>,
     pub target_process: Option<TargetProcess>,
 }
 

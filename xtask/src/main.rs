@@ -1,5 +1,6 @@
 //! `cargo xtask ...`: the project's automation as a plain Rust binary.
 
+mod bench;
 mod demo;
 mod doks;
 
@@ -76,8 +77,47 @@ enum Cmd {
         #[arg(long)]
         push: bool,
     },
+    /// Compare the gateway with nginx and haproxy (and no proxy) on this machine; writes
+    /// benches/results/results.{md,json} and a latency plot.
+    Bench {
+        /// Measured time per run.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Warm-up per run, excluded.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// Runs per scenario; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Idle mTLS connections for the memory scenario.
+        #[arg(long, default_value_t = 10_000)]
+        idle_connections: usize,
+        #[arg(long, default_value = "benches/results")]
+        out: PathBuf,
+    },
     /// Run what CI runs: fmt check, clippy, tests.
     Ci,
+    #[command(hide = true)]
+    BenchBackend {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    #[command(hide = true)]
+    BenchTlsCeiling {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    #[command(hide = true)]
+    BenchHold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     #[command(hide = true)]
     WebSvc {
         #[arg(long)]
@@ -228,6 +268,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Image { tag, push } => image(&tag, push),
+        Cmd::Bench {
+            duration,
+            warmup,
+            repeats,
+            idle_connections,
+            out,
+        } => bench::run(bench::BenchOptions {
+            out: std::env::current_dir()?.join(out),
+            duration,
+            warmup,
+            repeats: repeats.max(1),
+            idle_connections,
+        }),
+        Cmd::BenchBackend { listen } => runtime()?.block_on(bench::servers::backend(listen)),
+        Cmd::BenchTlsCeiling { listen, dir } => {
+            // One worker: the ceiling is one core's worth, like the pinned proxies.
+            runtime()?.block_on(bench::servers::tls_ceiling(listen, &dir))
+        }
+        Cmd::BenchHold { target, count, dir } => {
+            runtime()?.block_on(bench::servers::hold(target, &dir, demo::GATEWAY_ID, count))
+        }
         Cmd::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&[

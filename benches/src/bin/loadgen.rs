@@ -285,6 +285,7 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
         bytes: stats.bytes,
         bytes_per_second: stats.bytes as f64 / secs,
         latency_us: Report::latency(&stats),
+        latency_spectrum_ms: plot::spectrum(&stats),
         target_process,
     };
     print!("{}", report.text());

@@ -1,0 +1,809 @@
+//! `cargo xtask bench`: one run, on this machine, of the same scenarios against our gateway,
+//! nginx and haproxy configured as equivalent mTLS gateways, and the backend directly. Each
+//! proxy runs alone, pinned to core 1; loadgen and the backend share core 0. Every scenario is
+//! repeated and the median reported. Because two cores force loadgen and the backend to share
+//! one, the table also gives requests per proxy CPU-second (measured from /proc), which holds
+//! whichever side saturates first.
+
+pub mod servers;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
+
+pub struct BenchOptions {
+    pub out: PathBuf,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub repeats: usize,
+    pub idle_connections: usize,
+}
+
+const AUTHORITY: &str = "web-svc.emojivoto.svc.cluster.local:80";
+const PROXY_CORE: &str = "1";
+const CLIENT_CORE: &str = "0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(s)) = child.try_wait() {
+            bail!("{what} exited at start-up ({s})");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn pinned(core: &str, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", core]).arg(program);
+    c
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log.with_extension("err"))?)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    Ok(Proc(child))
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn version(cmd: &str, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let t = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            t.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// One system under test.
+struct Target {
+    name: &'static str,
+    url: String,
+    tls: bool,
+    start: fn(&Env) -> anyhow::Result<(Proc, u32)>,
+}
+
+struct Env {
+    dir: PathBuf,
+    bin: PathBuf,
+    backend: SocketAddr,
+    port: u16,
+    admin_port: u16,
+}
+
+fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
+    let mut c = pinned(PROXY_CORE, &e.bin.join("gateway"));
+    c.args([
+        "--listen",
+        &format!("127.0.0.1:{}", e.port),
+        "--admin-listen",
+        &format!("127.0.0.1:{}", e.admin_port),
+    ])
+    .arg("--trust-anchors")
+    .arg(e.dir.join("root.crt"))
+    .arg("--cert")
+    .arg(e.dir.join("gateway.crt"))
+    .arg("--key")
+    .arg(e.dir.join("gateway.key"))
+    .args([
+        "--route",
+        &format!("{AUTHORITY}={}", e.backend),
+        "--log-level",
+        "warn",
+        "--max-connections",
+        "15000",
+    ]);
+    let mut p = spawn(c, &e.dir.join("gateway.log"))?;
+    wait_port(
+        SocketAddr::from(([127, 0, 0, 1], e.port)),
+        &mut p.0,
+        "gateway",
+    )?;
+    let pid = p.0.id();
+    Ok((p, pid))
+}
+
+fn start_nginx(e: &Env) -> anyhow::Result<(Proc, u32)> {
+    let d = e.dir.display();
+    let conf = format!(
+        r#"user root;
+worker_processes 1;
+worker_rlimit_nofile 19000;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 15000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/nginx-body;
+  proxy_temp_path {d}/nginx-proxy;
+  fastcgi_temp_path {d}/nginx-fastcgi;
+  uwsgi_temp_path {d}/nginx-uwsgi;
+  scgi_temp_path {d}/nginx-scgi;
+  upstream backend {{ server {backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    server_name web-svc.emojivoto.svc.cluster.local;
+    ssl_protocols TLSv1.3;
+    ssl_certificate {d}/gateway.crt;
+    ssl_certificate_key {d}/gateway.key;
+    ssl_client_certificate {d}/root.crt;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    ssl_session_tickets off;
+    keepalive_requests 100000000;
+    http2_max_requests 100000000;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"#,
+        backend = e.backend,
+        port = e.port
+    );
+    std::fs::write(e.dir.join("nginx.conf"), conf)?;
+    let mut c = pinned(PROXY_CORE, Path::new("nginx"));
+    c.arg("-c")
+        .arg(e.dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"]);
+    let mut p = spawn(c, &e.dir.join("nginx.log"))?;
+    wait_port(
+        SocketAddr::from(([127, 0, 0, 1], e.port)),
+        &mut p.0,
+        "nginx",
+    )?;
+    // The worker does the work; sample it, not the master.
+    let worker = Command::new("pgrep")
+        .args(["-P", &p.0.id().to_string()])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(p.0.id());
+    Ok((p, worker))
+}
+
+fn start_haproxy(e: &Env) -> anyhow::Result<(Proc, u32)> {
+    let d = e.dir.display();
+    let pem = std::fs::read_to_string(e.dir.join("gateway.crt"))?
+        + &std::fs::read_to_string(e.dir.join("gateway.key"))?;
+    std::fs::write(e.dir.join("haproxy.pem"), pem)?;
+    let conf = format!(
+        r#"global
+  nbthread 1
+  # haproxy wants 2 fds per connection plus spares: 9900 is the most the 20000-fd hard
+  # limit of this machine allows, so the idle-connection scenario tops out there for it.
+  maxconn 9900
+  log stderr format raw local0 warning
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-request 30s
+  timeout http-keep-alive 60s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:{port} ssl crt {d}/haproxy.pem ca-file {d}/root.crt verify required alpn h2,http/1.1 ssl-min-ver TLSv1.3
+  http-request return status 404 content-type text/plain string "bad gateway domain" unless {{ req.hdr(host),field(1,:) -i web-svc.emojivoto.svc.cluster.local }}
+  default_backend be
+backend be
+  http-reuse always
+  server s1 {backend} maxconn 1000
+"#,
+        backend = e.backend,
+        port = e.port
+    );
+    std::fs::write(e.dir.join("haproxy.cfg"), conf)?;
+    let mut c = pinned(PROXY_CORE, Path::new("haproxy"));
+    c.arg("-db").arg("-f").arg(e.dir.join("haproxy.cfg"));
+    let mut p = spawn(c, &e.dir.join("haproxy.log"))?;
+    wait_port(
+        SocketAddr::from(([127, 0, 0, 1], e.port)),
+        &mut p.0,
+        "haproxy",
+    )?;
+    let pid = p.0.id();
+    Ok((p, pid))
+}
+
+fn start_ceiling(e: &Env) -> anyhow::Result<(Proc, u32)> {
+    let mut c = pinned(PROXY_CORE, &e.bin.join("xtask"));
+    c.args([
+        "bench-tls-ceiling",
+        "--listen",
+        &format!("127.0.0.1:{}", e.port),
+        "--dir",
+    ])
+    .arg(&e.dir);
+    let mut p = spawn(c, &e.dir.join("ceiling.log"))?;
+    wait_port(
+        SocketAddr::from(([127, 0, 0, 1], e.port)),
+        &mut p.0,
+        "the rustls accept loop",
+    )?;
+    let pid = p.0.id();
+    Ok((p, pid))
+}
+
+/// One loadgen run; returns its JSON report.
+fn loadgen(
+    e: &Env,
+    opts: &BenchOptions,
+    t: &Target,
+    path: &str,
+    args: &[&str],
+    pid: Option<u32>,
+) -> anyhow::Result<Value> {
+    let json = e.dir.join("run.json");
+    let _ = std::fs::remove_file(&json);
+    let mut c = pinned(CLIENT_CORE, &e.bin.join("loadgen"));
+    c.arg(format!("{}{path}", t.url))
+        .args(["--authority", AUTHORITY, "--quiet", "--threads", "1"])
+        .args([
+            "--warmup",
+            &humantime::format_duration(opts.warmup).to_string(),
+        ])
+        .args([
+            "--duration",
+            &humantime::format_duration(opts.duration).to_string(),
+        ])
+        .arg("--json")
+        .arg(&json)
+        .args(args);
+    if t.tls {
+        c.arg("--cacert").arg(e.dir.join("root.crt"));
+        c.arg("--cert").arg(e.dir.join("vote-bot.crt"));
+        c.arg("--key").arg(e.dir.join("vote-bot.key"));
+        c.args(["--server-identity", GATEWAY_ID]);
+    }
+    if let Some(pid) = pid {
+        c.args(["--pid", &pid.to_string()]);
+    }
+    let out = c.output().context("running loadgen")?;
+    let report: Value = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "loadgen gave no report: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    Ok(report)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or(0.0)
+}
+
+/// Scenarios: (id, what, path, loadgen args, applies to the plaintext direct baseline).
+const SCENARIOS: &[(&str, &str, &str, &[&str], bool)] = &[
+    (
+        "a",
+        "HTTP/1.1 keep-alive, 64 connections, max throughput",
+        "/",
+        &["-c", "64"],
+        true,
+    ),
+    (
+        "b",
+        "HTTP/2, 10 connections x 10 streams",
+        "/",
+        &["--h2", "-c", "10", "--streams", "10"],
+        true,
+    ),
+    (
+        "c",
+        "new mTLS connection per request (8 at a time)",
+        "/",
+        &["--new-connection", "-c", "8"],
+        false,
+    ),
+    (
+        "d",
+        "constant 2000 req/s (open loop, 32 connections)",
+        "/",
+        &["--rate", "2000", "-c", "32"],
+        true,
+    ),
+    (
+        "e",
+        "1 MiB responses, HTTP/1.1, 8 connections",
+        "/big",
+        &["-c", "8"],
+        true,
+    ),
+];
+
+pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
+    if std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        < 2
+    {
+        bail!("the comparison pins proxy and load generator to disjoint cores: it needs 2");
+    }
+    for tool in ["taskset", "nginx", "haproxy"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            println!("==> installing nginx and haproxy (Debian packages)");
+            let ok = Command::new("sh")
+                .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy util-linux >/dev/null"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                bail!("{tool} is missing and could not be installed (apt-get needs root)");
+            }
+            break;
+        }
+    }
+    println!("==> building release binaries");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(&cargo)
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "proxy",
+            "--bin",
+            "gateway",
+            "-p",
+            "bench",
+            "--bin",
+            "loadgen",
+            "-p",
+            "xtask",
+            "--bin",
+            "xtask",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("cargo build --release failed");
+    }
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("release");
+    let dir = root().join("target/bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pki = identity::Pki::new()?;
+    std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
+    pki.leaf(GATEWAY_ID)?.write(&dir, "gateway")?;
+    pki.leaf(VOTE_BOT_ID)?.write(&dir, "vote-bot")?;
+
+    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
+    c.args(["bench-backend", "--listen", &backend.to_string()]);
+    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
+    wait_port(backend, &mut backend_proc.0, "the backend")?;
+
+    let env = Env {
+        dir: dir.clone(),
+        bin: bin.clone(),
+        backend,
+        port: free_port()?,
+        admin_port: free_port()?,
+    };
+    let port = env.port;
+    let targets = [
+        Target {
+            name: "gateway",
+            url: format!("https://127.0.0.1:{port}"),
+            tls: true,
+            start: start_gateway,
+        },
+        Target {
+            name: "nginx",
+            url: format!("https://127.0.0.1:{port}"),
+            tls: true,
+            start: start_nginx,
+        },
+        Target {
+            name: "haproxy",
+            url: format!("https://127.0.0.1:{port}"),
+            tls: true,
+            start: start_haproxy,
+        },
+    ];
+    let direct = Target {
+        name: "direct",
+        url: format!("http://{backend}"),
+        tls: false,
+        start: |_| bail!("no process"),
+    };
+    let ceiling = Target {
+        name: "rustls-accept-loop",
+        url: format!("https://127.0.0.1:{port}"),
+        tls: true,
+        start: start_ceiling,
+    };
+
+    let mut results: Vec<Value> = Vec::new();
+    let mut record = |scenario: &str, target: &str, runs: Vec<Value>| {
+        let m = |p: &[&str]| median(runs.iter().map(|r| f(r, p)).collect());
+        let cpu = m(&["target_process", "cpu_seconds"]);
+        let secs = m(&["measured_seconds"]);
+        let rps = m(&["requests_per_second"]);
+        let summary = json!({
+            "scenario": scenario, "target": target,
+            "requests_per_second": rps,
+            "bytes_per_second": m(&["bytes_per_second"]),
+            "errors": m(&["errors", "connect"]) + m(&["errors", "tls"]) + m(&["errors", "status"]) + m(&["errors", "timeout"]) + m(&["errors", "other"]),
+            "p50_us": m(&["latency_us", "p50"]), "p99_us": m(&["latency_us", "p99"]), "p999_us": m(&["latency_us", "p999"]),
+            "proxy_cpu_cores": if secs > 0.0 { cpu / secs } else { 0.0 },
+            "requests_per_proxy_cpu_second": if cpu > 0.0 { rps * secs / cpu } else { 0.0 },
+            "bytes_per_proxy_cpu_second": if cpu > 0.0 { m(&["bytes_per_second"]) * secs / cpu } else { 0.0 },
+            "cpu_seconds_per_1000_requests": m(&["target_process", "cpu_seconds_per_1000_requests"]),
+            "spectrum": runs.get(runs.len() / 2).map(|r| r["latency_spectrum_ms"].clone()).unwrap_or(Value::Null),
+            "runs": runs,
+        });
+        println!(
+            "    {scenario} {target:>18}: {:>9.0} req/s  {:>7.1} MB/s  p50 {:>7.3} ms  p99 {:>7.3} ms  proxy {:.2} cores",
+            rps,
+            summary["bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            summary["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            summary["p99_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            summary["proxy_cpu_cores"].as_f64().unwrap_or(0.0)
+        );
+        results.push(summary);
+    };
+
+    let mut memory: Vec<Value> = Vec::new();
+    for t in &targets {
+        println!("==> {}", t.name);
+        let (proc_, pid) = (t.start)(&env)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let idle_rss = rss_bytes(pid);
+        for (id, _, path, args, _) in SCENARIOS {
+            let runs = (0..opts.repeats)
+                .map(|_| loadgen(&env, &opts, t, path, args, Some(pid)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            record(id, t.name, runs);
+        }
+        if t.name == "gateway" {
+            let runs = (0..opts.repeats)
+                .map(|_| {
+                    loadgen(
+                        &env,
+                        &opts,
+                        t,
+                        "/",
+                        &["--transport-header", "-c", "10", "--streams", "10"],
+                        Some(pid),
+                    )
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            record("g", t.name, runs);
+        }
+        // (f) memory: idle, then with many idle mTLS connections. Restarted for a clean count.
+        drop(proc_);
+        let (proc_, pid) = (t.start)(&env)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let fresh_rss = rss_bytes(pid);
+        let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
+        c.args([
+            "bench-hold",
+            "--target",
+            &format!("127.0.0.1:{port}"),
+            "--count",
+            &opts.idle_connections.to_string(),
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        let mut holder = c.spawn()?;
+        let mut line = String::new();
+        if let Some(out) = holder.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        let held: u64 = line
+            .trim()
+            .strip_prefix("ready ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(1000));
+        let loaded_rss = rss_bytes(pid);
+        if let Some(mut stdin) = holder.stdin.take() {
+            let _ = stdin.write_all(b"");
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+        drop(proc_);
+        let per_conn = if held > 0 {
+            loaded_rss.saturating_sub(fresh_rss) as f64 / held as f64
+        } else {
+            0.0
+        };
+        println!(
+            "    f {:>18}: idle RSS {:.1} MiB (after load {:.1} MiB); {held} idle mTLS connections: {:.1} MiB, {:.1} KiB each",
+            t.name,
+            fresh_rss as f64 / 1048576.0,
+            idle_rss as f64 / 1048576.0,
+            loaded_rss as f64 / 1048576.0,
+            per_conn / 1024.0
+        );
+        memory.push(json!({"target": t.name, "idle_rss_bytes": fresh_rss, "connections": held, "rss_with_connections_bytes": loaded_rss, "bytes_per_connection": per_conn}));
+    }
+    println!("==> direct (no proxy, plaintext)");
+    for (id, _, path, args, on_direct) in SCENARIOS {
+        if *on_direct {
+            let runs = (0..opts.repeats)
+                .map(|_| loadgen(&env, &opts, &direct, path, args, None))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            record(id, "direct", runs);
+        }
+    }
+    println!("==> bare rustls mTLS accept loop (ceiling for c)");
+    {
+        let (_p, pid) = (ceiling.start)(&env)?;
+        let runs = (0..opts.repeats)
+            .map(|_| {
+                loadgen(
+                    &env,
+                    &opts,
+                    &ceiling,
+                    "/",
+                    &["--new-connection", "-c", "8"],
+                    Some(pid),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        record("c", ceiling.name, runs);
+    }
+    drop(backend_proc);
+
+    let versions = json!({
+        "gateway": Command::new("git").args(["-C", &root().display().to_string(), "rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+        "nginx": version("nginx", "-v"),
+        "haproxy": version("haproxy", "-v"),
+        "kernel": version("uname", "-r"),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    std::fs::create_dir_all(&opts.out)?;
+    let doc = json!({"versions": versions, "duration_s": opts.duration.as_secs_f64(), "warmup_s": opts.warmup.as_secs_f64(), "repeats": opts.repeats, "results": results, "memory": memory});
+    std::fs::write(
+        opts.out.join("results.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    let md = table(&doc);
+    std::fs::write(opts.out.join("results.md"), &md)?;
+    let series: Vec<(String, Vec<(f64, f64)>)> = doc["results"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|r| r["scenario"] == "d")
+                .map(|r| {
+                    let pts = r["spectrum"]
+                        .as_array()
+                        .map(|p| {
+                            p.iter()
+                                .filter_map(|x| Some((x[0].as_f64()?, x[1].as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (r["target"].as_str().unwrap_or("").to_string(), pts)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let named: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.clone()))
+        .collect();
+    std::fs::write(
+        opts.out.join("latency-2000rps.svg"),
+        bench::plot::svg_points("Latency at 2000 req/s (open loop, corrected)", &named),
+    )?;
+    println!("\n{md}");
+    println!(
+        "==> wrote {}/results.{{md,json}} and latency-2000rps.svg",
+        opts.out.display()
+    );
+    Ok(())
+}
+
+fn get<'a>(doc: &'a Value, scenario: &str, target: &str) -> Option<&'a Value> {
+    doc["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["scenario"] == scenario && r["target"] == target)
+}
+
+fn table(doc: &Value) -> String {
+    let v = |s: &str, t: &str, k: &str| get(doc, s, t).and_then(|r| r[k].as_f64()).unwrap_or(0.0);
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    let mut md = String::new();
+    let ver = &doc["versions"];
+    md += &format!(
+        "Machine: {} cores, Linux {}. Gateway {}; {}; {}. Proxy pinned to core 1; loadgen and backend on core 0. {} s measured after {} s warm-up, median of {}.\n\n",
+        ver["cores"], ver["kernel"].as_str().unwrap_or(""), ver["gateway"].as_str().unwrap_or(""), ver["nginx"].as_str().unwrap_or(""), ver["haproxy"].as_str().unwrap_or(""),
+        doc["duration_s"], doc["warmup_s"], doc["repeats"]
+    );
+    md += "| Scenario | Metric | gateway | nginx | haproxy | direct | gateway/nginx | gateway/haproxy |\n|---|---|---|---|---|---|---|---|\n";
+    for (id, what, _, _, _) in SCENARIOS {
+        let row = |metric: &str, key: &str, scale: f64, fmt: &dyn Fn(f64) -> String| {
+            let (g, n, h, d) = (
+                v(id, "gateway", key) * scale,
+                v(id, "nginx", key) * scale,
+                v(id, "haproxy", key) * scale,
+                v(id, "direct", key) * scale,
+            );
+            format!(
+                "| ({id}) {what} | {metric} | {} | {} | {} | {} | {} | {} |\n",
+                fmt(g),
+                fmt(n),
+                fmt(h),
+                if d > 0.0 { fmt(d) } else { "-".into() },
+                ratio(g, n),
+                ratio(g, h)
+            )
+        };
+        let int = |x: f64| format!("{x:.0}");
+        let ms = |x: f64| format!("{x:.3}");
+        match *id {
+            "d" => {
+                for (metric, key) in [
+                    ("p50 ms", "p50_us"),
+                    ("p99 ms", "p99_us"),
+                    ("p99.9 ms", "p999_us"),
+                ] {
+                    md += &row(metric, key, 0.001, &ms);
+                }
+                md += &row(
+                    "CPU-s per 1000 req",
+                    "cpu_seconds_per_1000_requests",
+                    1.0,
+                    &|x| format!("{x:.4}"),
+                );
+            }
+            "e" => {
+                md += &row("GB/s", "bytes_per_second", 1e-9, &|x| format!("{x:.2}"));
+                md += &row(
+                    "GB/s per proxy CPU-s",
+                    "bytes_per_proxy_cpu_second",
+                    1e-9,
+                    &|x| format!("{x:.2}"),
+                );
+            }
+            _ => {
+                md += &row("req/s", "requests_per_second", 1.0, &int);
+                md += &row(
+                    "req/s per proxy CPU-s",
+                    "requests_per_proxy_cpu_second",
+                    1.0,
+                    &int,
+                );
+            }
+        }
+    }
+    let added = |t: &str, k: &str| (v("d", t, k) - v("d", "direct", k)) / 1000.0;
+    md += &format!(
+        "| (d) added over direct | p50 / p99 / p99.9 ms | +{:.3} / +{:.3} / +{:.3} | +{:.3} / +{:.3} / +{:.3} | +{:.3} / +{:.3} / +{:.3} | | | |\n",
+        added("gateway", "p50_us"), added("gateway", "p99_us"), added("gateway", "p999_us"),
+        added("nginx", "p50_us"), added("nginx", "p99_us"), added("nginx", "p999_us"),
+        added("haproxy", "p50_us"), added("haproxy", "p99_us"), added("haproxy", "p999_us"),
+    );
+    let ceil = v("c", "rustls-accept-loop", "requests_per_second");
+    md += &format!("| (c) bare rustls mTLS accept loop | handshakes/s | {} (ceiling; gateway reaches {}) | | | | | |\n", format!("{ceil:.0}"), ratio(v("c", "gateway", "requests_per_second"), ceil));
+    md += &format!(
+        "| (g) transport-header mode, 10 x 10 streams | req/s | {:.0} (per proxy CPU-s: {:.0}) | | | | | |\n",
+        v("g", "gateway", "requests_per_second"),
+        v("g", "gateway", "requests_per_proxy_cpu_second")
+    );
+    md += "\n| (f) Memory | idle RSS MiB | RSS with idle mTLS connections MiB | KiB per connection |\n|---|---|---|---|\n";
+    for m in doc["memory"].as_array().into_iter().flatten() {
+        md += &format!(
+            "| {} | {:.1} | {:.1} ({} connections) | {:.1} |\n",
+            m["target"].as_str().unwrap_or(""),
+            m["idle_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            m["rss_with_connections_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            m["connections"],
+            m["bytes_per_connection"].as_f64().unwrap_or(0.0) / 1024.0
+        );
+    }
+    md
+}

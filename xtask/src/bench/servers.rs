@@ -1,0 +1,148 @@
+//! The processes the comparison needs besides the proxies: a backend standing in for web-svc,
+//! a bare rustls mTLS accept loop (the ceiling for new-connection mode), and a holder of many
+//! idle mTLS connections (for memory per connection).
+
+use std::{convert::Infallible, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use identity::{CertStore, Credentials, Identity, TrustAnchors};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// A fixed 1 KiB JSON document, like an emojivoto API answer.
+pub fn json_1k() -> Bytes {
+    let mut s = String::from("{\"emoji\":[");
+    let mut i = 0;
+    while s.len() < 1000 {
+        s.push_str(&format!(
+            "{}{{\"shortcode\":\":e{i:03}:\",\"votes\":{i}}}",
+            if i > 0 { "," } else { "" }
+        ));
+        i += 1;
+    }
+    s.push_str("]}");
+    while s.len() < 1024 {
+        s.insert(s.len() - 1, ' ');
+    }
+    Bytes::from(s)
+}
+
+/// `/` answers the 1 KiB document; `/big` 1 MiB. HTTP/1.1 and h2c.
+pub async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    let small = json_1k();
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (small, big) = (small.clone(), big.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = if req.uri().path() == "/big" {
+                    big.clone()
+                } else {
+                    small.clone()
+                };
+                async move {
+                    let mut r = Response::new(Full::new(body));
+                    r.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn server_tls(dir: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let anchors = TrustAnchors::load(&dir.join("root.crt"))?;
+    let creds = Credentials::load(&dir.join("gateway.crt"), &dir.join("gateway.key"))?;
+    let cfg = identity::tls::server_config(CertStore::new(&creds)?, &anchors, &[b"http/1.1"])?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The least a TLS server can do per connection: the same mTLS handshake as the gateway, read
+/// one request, write the 1 KiB answer, close. Nothing is proxied.
+pub async fn tls_ceiling(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
+    let acceptor = server_tls(dir)?;
+    let listener = TcpListener::bind(listen).await?;
+    let body = json_1k();
+    let mut head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
+    head.extend_from_slice(&body);
+    let response = Bytes::from(head);
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let (acceptor, response) = (acceptor.clone(), response.clone());
+        tokio::spawn(async move {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut buf = Vec::with_capacity(1024);
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+                match tls.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = tls.write_all(&response).await;
+            let _ = tls.shutdown().await;
+        });
+    }
+}
+
+/// Opens `count` mTLS connections to `target` and keeps them idle; prints `ready <n>` once
+/// they are open, then holds them until stdin closes.
+pub async fn hold(
+    target: SocketAddr,
+    dir: &Path,
+    server_identity: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    let anchors = TrustAnchors::load(&dir.join("root.crt"))?;
+    let creds = Credentials::load(&dir.join("vote-bot.crt"), &dir.join("vote-bot.key"))?;
+    let id = Identity::parse(server_identity)?;
+    let cfg = identity::tls::client_config(
+        Some(CertStore::new(&creds)?),
+        &anchors,
+        id.clone(),
+        &[b"http/1.1"],
+    )?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = identity::tls::server_name(&id)?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (connector, name, sem) = (connector.clone(), name.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.ok()?;
+            let tcp = TcpStream::connect(target).await.ok()?;
+            tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+                .await
+                .ok()?
+                .ok()
+        }));
+    }
+    let mut held = Vec::with_capacity(count);
+    for t in tasks {
+        if let Ok(Some(c)) = t.await {
+            held.push(c);
+        }
+    }
+    println!("ready {}", held.len());
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 64];
+    while !matches!(stdin.read(&mut sink).await, Ok(0) | Err(_)) {}
+    drop(held);
+    Ok(())
+}
