@@ -38,6 +38,7 @@ pub struct ConnMetrics {
     pub write_bytes: Counter,
     open: Gauge,
     close_errno: std::sync::Mutex<&'static str>,
+    cache: std::sync::Mutex<Option<RequestHandles>>,
 }
 
 impl ConnMetrics {
@@ -72,6 +73,7 @@ impl ConnMetrics {
             write_bytes,
             open,
             close_errno: std::sync::Mutex::new(""),
+            cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -84,17 +86,52 @@ impl ConnMetrics {
 
     /// One proxied (or refused) request. `authority` is the routed name, or empty.
     pub fn request(&self, authority: &str, status: u16, latency: std::time::Duration) {
+        // A connection's requests nearly always share authority and status: reuse the handles
+        // rather than build, sort and hash labels for every request.
+        let mut cache = match self.cache.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let hit = cache
+            .as_ref()
+            .is_some_and(|h| h.status == status && &*h.authority == authority);
+        if !hit {
+            *cache = Some(self.handles(authority, status));
+        }
+        if let Some(h) = cache.as_ref() {
+            h.requests.increment(1);
+            h.latency.record(latency.as_secs_f64() * 1000.0);
+            h.responses.increment(1);
+        }
+    }
+
+    fn handles(&self, authority: &str, status: u16) -> RequestHandles {
         let mut l = Vec::with_capacity(self.base.len() + 3);
         l.push(self.base[0].clone());
         l.push(Label::new("authority", authority.to_string()));
         l.extend(self.base[1..].iter().cloned());
-        counter!("request_total", l.clone()).increment(1);
+        let requests = counter!("request_total", l.clone());
         l.push(Label::new("status_code", status.to_string()));
-        histogram!("response_latency_ms", l.clone()).record(latency.as_secs_f64() * 1000.0);
+        let latency = histogram!("response_latency_ms", l.clone());
         let class = if status >= 500 { "failure" } else { "success" };
         l.push(Label::new("classification", class));
-        counter!("response_total", l).increment(1);
+        let responses = counter!("response_total", l);
+        RequestHandles {
+            authority: authority.into(),
+            status,
+            requests,
+            responses,
+            latency,
+        }
     }
+}
+
+struct RequestHandles {
+    authority: Box<str>,
+    status: u16,
+    requests: Counter,
+    responses: Counter,
+    latency: metrics::Histogram,
 }
 
 /// Closing is recorded on drop so a cancelled connection task still balances the gauge.
