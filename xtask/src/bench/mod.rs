@@ -518,9 +518,15 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let mut record = |scenario: &str, target: &str, runs: Vec<Value>| {
         let m = |p: &[&str]| median(runs.iter().map(|r| f(r, p)).collect());
         let cpu = m(&["target_process", "cpu_seconds"]);
+        // The median run's spectrum is enough to plot; per-run spectra would only bloat the file.
+        let spectrum = runs
+            .get(runs.len() / 2)
+            .map(|r| r["latency_spectrum_ms"].clone())
+            .unwrap_or(Value::Null);
+
         let secs = m(&["measured_seconds"]);
         let rps = m(&["requests_per_second"]);
-        let summary = json!({
+        let mut summary = json!({
             "scenario": scenario, "target": target,
             "requests_per_second": rps,
             "bytes_per_second": m(&["bytes_per_second"]),
@@ -530,9 +536,14 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
             "requests_per_proxy_cpu_second": if cpu > 0.0 { rps * secs / cpu } else { 0.0 },
             "bytes_per_proxy_cpu_second": if cpu > 0.0 { m(&["bytes_per_second"]) * secs / cpu } else { 0.0 },
             "cpu_seconds_per_1000_requests": m(&["target_process", "cpu_seconds_per_1000_requests"]),
-            "spectrum": runs.get(runs.len() / 2).map(|r| r["latency_spectrum_ms"].clone()).unwrap_or(Value::Null),
+            "spectrum": spectrum,
             "runs": runs,
         });
+        for r in summary["runs"].as_array_mut().into_iter().flatten() {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("latency_spectrum_ms");
+            }
+        }
         println!(
             "    {scenario} {target:>18}: {:>9.0} req/s  {:>7.1} MB/s  p50 {:>7.3} ms  p99 {:>7.3} ms  proxy {:.2} cores",
             rps,
