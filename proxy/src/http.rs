@@ -147,16 +147,7 @@ async fn proxy(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.uri_authority.clone())
-        .path_and_query(pq)
-        .build()
+    parts.uri = retarget(&parts.uri, endpoint.uri_authority.clone())
         .map_err(|_| ProxyError::BadAuthority)?;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrading);
@@ -225,6 +216,16 @@ fn parse_orig_proto(v: &HeaderValue) -> Option<Version> {
         "HTTP/1.0" => Some(Version::HTTP_10),
         _ => None,
     }
+}
+
+/// `http://<authority><path?query>`: the same request, aimed elsewhere.
+pub fn retarget(uri: &Uri, authority: http::uri::Authority) -> Result<Uri, http::Error> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, ProxyError> {

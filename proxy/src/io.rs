@@ -37,6 +37,16 @@ impl<T> CountingIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = res {
+            let n = *n as u64;
+            match &self.counters {
+                Some((_, w)) => w.increment(n),
+                None => self.pending_write += n,
+            }
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
@@ -65,13 +75,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &res {
-            let n = *n as u64;
-            match &self.counters {
-                Some((_, w)) => w.increment(n),
-                None => self.pending_write += n,
-            }
-        }
+        self.wrote(&res);
         res
     }
 
@@ -81,13 +85,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &res {
-            let n = *n as u64;
-            match &self.counters {
-                Some((_, w)) => w.increment(n),
-                None => self.pending_write += n,
-            }
-        }
+        self.wrote(&res);
         res
     }
 

@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +27,7 @@ use transport_header::{Header, SessionProtocol};
 
 use crate::{
     authority::Authority,
-    http::{request_authority, strip_hop_by_hop, L5D_ORIG_PROTO, L5D_PROXY_ERROR},
+    http::{request_authority, retarget, strip_hop_by_hop, L5D_ORIG_PROTO, L5D_PROXY_ERROR},
 };
 
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -35,6 +35,8 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 /// A remote service reached through the gateway.
 pub struct Remote {
     pub name: Authority,
+    /// `name` parsed once for request URIs.
+    uri_authority: http::uri::Authority,
     header: Vec<u8>,
     sender: Mutex<Option<SendRequest<Incoming>>>,
 }
@@ -85,14 +87,18 @@ impl Outbound {
                     protocol: Some(SessionProtocol::Http2),
                 }
                 .encode();
+                let uri_authority = remote.as_str().parse().map_err(|_| {
+                    identity::Error::Validity(format!("remote {remote} is not a valid authority"))
+                })?;
                 let r = Arc::new(Remote {
+                    uri_authority,
                     name: remote,
                     header,
                     sender: Mutex::new(None),
                 });
-                (local, r)
+                Ok((local, r))
             })
-            .collect();
+            .collect::<identity::Result<_>>()?;
         Ok(Self {
             gateway,
             gateway_id,
@@ -205,16 +211,7 @@ impl Outbound {
             Version::HTTP_11 => Some("HTTP/1.1"),
             _ => None,
         };
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(remote.name.as_str())
-            .path_and_query(pq)
-            .build()
+        parts.uri = retarget(&parts.uri, remote.uri_authority.clone())
             .map_err(|e| OutboundError::Request(e.to_string()))?;
         parts.version = Version::HTTP_2;
         strip_hop_by_hop(&mut parts.headers, false);
