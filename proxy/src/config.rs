@@ -77,6 +77,9 @@ pub struct Cli {
     /// Deadline for upstream response headers [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_RESPONSE_TIMEOUT")]
     pub response_timeout: Option<Duration>,
+    /// How often the certificate files are checked for a renewal [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_CERT_RELOAD_INTERVAL")]
+    pub cert_reload_interval: Option<Duration>,
     /// Deadline for a Linkerd transport header after the handshake [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_TRANSPORT_HEADER_TIMEOUT")]
     pub transport_header_timeout: Option<Duration>,
@@ -116,6 +119,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub transport_header_timeout: Option<String>,
+    pub cert_reload_interval: Option<String>,
     pub dns_ttl: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub max_concurrent_streams: Option<u32>,
@@ -158,6 +162,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
     pub header_timeout: Duration,
+    pub cert_reload_interval: Duration,
     pub dns_ttl: Duration,
     pub max_header_bytes: usize,
     pub max_concurrent_streams: u32,
@@ -307,6 +312,13 @@ impl Config {
                 dur(
                     "transport_header_timeout",
                     file.transport_header_timeout,
+                    Duration::from_secs(10),
+                )
+            })?,
+            cert_reload_interval: cli.cert_reload_interval.map(Ok).unwrap_or_else(|| {
+                dur(
+                    "cert_reload_interval",
+                    file.cert_reload_interval,
                     Duration::from_secs(10),
                 )
             })?,

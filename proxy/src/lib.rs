@@ -202,7 +202,7 @@ async fn reload_credentials(
         (m(&cfg.cert), m(&cfg.key))
     };
     let mut last = stamp(&cfg);
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(cfg.cert_reload_interval.max(Duration::from_millis(100)));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

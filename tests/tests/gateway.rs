@@ -595,3 +595,61 @@ async fn handshake_deadline_and_connection_cap() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_certificate_is_served_without_restart_and_a_bad_one_is_refused() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &web_route(backend),
+            "--cert-reload-interval",
+            "200ms",
+        ],
+    );
+    let serial = |fx: &Fixture| {
+        let tls = client_tls(fx, "vote-bot", &[b"h2"]);
+        let addr = gw.listen;
+        async move {
+            let io = connect(addr, tls).await.unwrap();
+            identity::CertInfo::parse(&io.get_ref().1.peer_certificates().unwrap()[0])
+                .unwrap()
+                .serial
+        }
+    };
+    let first = serial(&fx).await;
+    // A renewal under another anchor does not verify: it is logged and not used.
+    let other = identity::Pki::with_names("root.other.example", "issuer.other.example").unwrap();
+    other
+        .leaf(GATEWAY_ID)
+        .unwrap()
+        .write(fx.dir.path(), "gateway")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(serial(&fx).await, first);
+    assert!(
+        gw.log_text()
+            .contains("certificate changed but cannot be used"),
+        "{}",
+        gw.log_text()
+    );
+    // A good renewal is served on the next handshake.
+    let renewed = fx.pki.leaf(GATEWAY_ID).unwrap();
+    let want = identity::CertInfo::parse(&renewed.cert_der).unwrap().serial;
+    renewed.write(fx.dir.path(), "gateway").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if serial(&fx).await == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "renewed certificate not served:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.log_text().contains("reloaded certificate"));
+}

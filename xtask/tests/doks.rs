@@ -27,7 +27,7 @@ case "$tool" in
       "config get-contexts "*) exists || exit 1 ;;
       *" get deploy linkerd-gateway -o jsonpath="*) exists && echo -n meshgate ;;
       *" get "*) exists || { echo "Error from server (NotFound)" >&2; exit 1; } ;;
-      *" logs "*) echo '{"level":"INFO","target":"access","client_id":"vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local","tls":true,"authority":"web-svc.emojivoto.svc.cluster.local:80","status":200}' ;;
+      *" logs "*) [ -n "$FAKE_NO_MTLS" ] && exit 0; echo '{"level":"INFO","target":"access","client_id":"vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local","tls":true,"authority":"web-svc.emojivoto.svc.cluster.local:80","status":200}' ;;
     esac ;;
   linkerd)
     case "$args" in
@@ -296,4 +296,19 @@ fn dry_run_prints_the_plan_and_needs_no_cli() {
         text, want,
         "dry-run plan changed; if intended, re-run with UPDATE_GOLDEN=1"
     );
+}
+
+#[test]
+fn verification_fails_when_the_gateway_never_sees_vote_bot() {
+    let e = env(&["doctl", "kubectl", "linkerd"]);
+    let out = xtask(&e, &["--verify-attempts", "2"], &[("FAKE_NO_MTLS", "1")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("attempt 2: gateway saw vote-bot over mTLS: false; probe alive: true"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("verification failed"), "{stderr}");
+    assert!(!stdout.contains("==> done"), "{stdout}");
 }
