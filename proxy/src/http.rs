@@ -62,9 +62,10 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A refcount bump, not a copy: the path is only read for log lines.
+    let uri = req.uri().clone();
     let version = req.version();
-    let mut routed = String::new();
+    let mut routed: Option<Arc<Target>> = None;
     let mut upstream: Option<SocketAddr> = None;
     let resp = match proxy(&gw, &conn, req, &mut routed, &mut upstream).await {
         Ok(resp) => resp,
@@ -74,28 +75,34 @@ pub async fn handle(
             }
             metrics::http_error(e.as_str());
             tracing::warn!(
-                peer = %conn.peer, client_id = %conn.client_id, %method, %path,
-                authority = %routed, error = %e, "request refused"
+                peer = %conn.peer, client_id = %conn.client_id, %method, path = uri.path(),
+                authority = routed_name(&routed), error = %e, "request refused"
             );
             synthetic(&e, version)
         }
     };
     let latency = start.elapsed();
     let status = resp.status();
-    conn.metrics.request(&routed, status.as_u16(), latency);
+    conn.metrics
+        .request(routed_name(&routed), status.as_u16(), latency);
     tracing::info!(
         target: "access",
         client_id = %conn.client_id,
         tls = true,
-        authority = %routed,
+        authority = routed_name(&routed),
         method = %method,
-        path = %path,
+        path = uri.path(),
         status = status.as_u16(),
         latency_us = latency.as_micros() as u64,
         upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
         peer = %conn.peer,
     );
     Ok(resp)
+}
+
+/// The routed service's name for logs and metrics; empty when the request was not routed.
+fn routed_name(routed: &Option<Arc<Target>>) -> &str {
+    routed.as_ref().map(|t| t.name.as_str()).unwrap_or("")
 }
 
 /// A response the gateway makes itself, carrying the reason for meshed callers to read.
@@ -119,7 +126,7 @@ async fn proxy(
     gw: &Gateway,
     conn: &ConnCtx,
     mut req: Request<Incoming>,
-    routed: &mut String,
+    routed: &mut Option<Arc<Target>>,
     upstream: &mut Option<SocketAddr>,
 ) -> Result<Response<Body>, ProxyError> {
     if !conn.allowed {
@@ -138,7 +145,7 @@ async fn proxy(
         .headers_mut()
         .remove(L5D_ORIG_PROTO)
         .and_then(|v| parse_orig_proto(&v));
-    *routed = target.name.as_str().to_owned();
+    *routed = Some(target.clone());
     let inflight = target.pick()?;
     let endpoint = inflight.endpoint();
     *upstream = Some(endpoint.addr);

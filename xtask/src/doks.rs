@@ -62,19 +62,7 @@ impl Shell {
         if self.dry_run {
             return Ok(String::new());
         }
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", args[0]))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                quote(args),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(args)
     }
 
     /// Whether a read-only check succeeds (never run in a dry run: everything counts as to do).
@@ -121,19 +109,7 @@ impl Shell {
         if self.dry_run {
             return Ok(());
         }
-        let out = Command::new(from[0])
-            .args(&from[1..])
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot run {}", from[0]))?;
-        if !out.status.success() {
-            bail!(
-                "`{}` failed: {}",
-                quote(from),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut text = stdout_of(from)?;
         if let Some((a, b)) = rewrite {
             text = text.replace(a, b);
         }
@@ -157,6 +133,23 @@ impl Shell {
         }
         Ok(())
     }
+}
+
+/// Runs `args`; its stdout, or an error naming the command and its stderr.
+fn stdout_of(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            quote(args),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn step(n: &mut u32, title: &str) {

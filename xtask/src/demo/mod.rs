@@ -102,6 +102,19 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--trust-anchors`, `--cert`, `--key` for the `<stem>.crt/.key` pair in `dir`.
+fn credentials(dir: &Path, stem: &str) -> [std::ffi::OsString; 6] {
+    let p = |f: String| dir.join(f).into_os_string();
+    [
+        "--trust-anchors".into(),
+        p("root.crt".into()),
+        "--cert".into(),
+        p(format!("{stem}.crt")),
+        "--key".into(),
+        p(format!("{stem}.key")),
+    ]
+}
+
 /// Where each part runs: on this host's loopback, or in west/east namespaces.
 struct Layout {
     netns: Option<netns::Netns>,
@@ -340,12 +353,7 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         "--admin-listen",
         &admin.to_string(),
     ])
-    .arg("--trust-anchors")
-    .arg(dir.join("root.crt"))
-    .arg("--cert")
-    .arg(dir.join("gateway.crt"))
-    .arg("--key")
-    .arg(dir.join("gateway.key"))
+    .args(credentials(&dir, "gateway"))
     .args(["--route", &format!("{WEB_SVC}={web}")])
     .args([
         "--allow-client",
@@ -397,12 +405,7 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         "--gateway-identity",
         GATEWAY_ID,
     ])
-    .arg("--trust-anchors")
-    .arg(dir.join("root.crt"))
-    .arg("--cert")
-    .arg(dir.join("vote-bot.crt"))
-    .arg("--key")
-    .arg(dir.join("vote-bot.key"))
+    .args(credentials(&dir, "vote-bot"))
     .args(["--remote", &format!("{WEB_SVC_EAST}={WEB_SVC}")])
     .args(["--remote", &format!("web-svc-east:80={WEB_SVC}")])
     .env("RUST_LOG", "info");
