@@ -288,20 +288,25 @@ fn query_num(req: &Request<Incoming>, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads a request body to its end without keeping it; the number of bytes.
+async fn body_len(body: &mut Incoming) -> u64 {
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
+            Err(_) => break,
+        }
+    }
+    n
+}
+
 async fn backend_handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     let path = req.uri().path().to_string();
     let resp = match path.as_str() {
         "/upload" => {
-            let mut n = 0u64;
-            let body = req.body_mut();
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
-                    Err(_) => break,
-                }
-            }
+            let n = body_len(req.body_mut()).await;
             Response::new(full(format!("received {n}\n")))
         }
         "/download" => {
@@ -331,14 +336,7 @@ async fn backend_handle(
         }
         "/grpc" => {
             // A gRPC-shaped exchange: echo the request frames, end with trailers.
-            let mut n = 0u64;
-            let body = req.body_mut();
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => n += f.data_ref().map(|d| d.len() as u64).unwrap_or(0),
-                    Err(_) => break,
-                }
-            }
+            let n = body_len(req.body_mut()).await;
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().expect("hv"));
             trailers.insert(
@@ -531,11 +529,7 @@ pub async fn h2_sender(
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
-    let io = connect(addr, tls).await?;
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    Ok(send)
+    h2_over(connect(addr, tls).await?).await
 }
 
 pub async fn h1_sender(

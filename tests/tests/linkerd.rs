@@ -122,22 +122,7 @@ async fn native_http2_and_grpc_pass_through() {
     let collected = resp.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
     // Native HTTP/2 to an HTTP/1 upstream is translated, and not marked.
-    let io = linkerd_connect(
-        &fx,
-        gw.listen,
-        &header(WEB_SVC, 80, Some(SessionProtocol::Http2)),
-    )
-    .await
-    .unwrap();
-    let mut send = h2_over(io).await.unwrap();
-    let resp = send
-        .send_request(
-            Request::get(format!("http://{WEB_SVC}:80/echo"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = echo_over_header(&fx, &gw).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(!resp.headers().contains_key("l5d-orig-proto"));
 }
@@ -200,6 +185,25 @@ async fn http1_session_with_websocket_upgrade_and_no_host() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf, b"ping");
+}
+
+/// GET /echo on web-svc over a fresh transport-header connection (http2 session).
+async fn echo_over_header(fx: &Fixture, gw: &Gateway) -> http::Response<hyper::body::Incoming> {
+    let io = linkerd_connect(
+        fx,
+        gw.listen,
+        &header(WEB_SVC, 80, Some(SessionProtocol::Http2)),
+    )
+    .await
+    .unwrap();
+    let mut send = h2_over(io).await.unwrap();
+    send.send_request(
+        Request::get(format!("http://{WEB_SVC}:80/echo"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn read_head_and_some(io: &mut ClientTls) -> String {
@@ -327,22 +331,7 @@ async fn malformed_headers_are_refused_and_the_gateway_keeps_serving() {
     );
     // Nothing reached the backend, and good connections are still served.
     assert!(!m.contains("request_total{"), "{m}");
-    let io = linkerd_connect(
-        &fx,
-        gw.listen,
-        &header(WEB_SVC, 80, Some(SessionProtocol::Http2)),
-    )
-    .await
-    .unwrap();
-    let mut send = h2_over(io).await.unwrap();
-    let resp = send
-        .send_request(
-            Request::get(format!("http://{WEB_SVC}:80/echo"))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let resp = echo_over_header(&fx, &gw).await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
 

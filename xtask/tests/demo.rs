@@ -68,23 +68,19 @@ fn run_demo(netns: &str) -> String {
         "{stdout}"
     );
     // Every process the demo started was stopped.
-    let left = Command::new("pgrep")
-        .args(["-f", &demo_dir.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
-    let left = Command::new("pgrep")
-        .args(["-f", "xtask (web-svc|vote-bot|wan) "])
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "left behind: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    assert_none_running(&demo_dir.display().to_string());
+    assert_none_running("xtask (web-svc|vote-bot|wan) ");
     stdout.into_owned()
+}
+
+fn assert_none_running(pattern: &str) {
+    let left = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
