@@ -35,7 +35,7 @@ impl Authority {
                 "" => None,
                 p => Some(p.strip_prefix(':').ok_or(ProxyError::BadAuthority)?),
             };
-            (format!("[{}]", v6.to_ascii_lowercase()), port)
+            (HostBuf::Bracketed(v6), port)
         } else {
             let (host, port) = match raw.rsplit_once(':') {
                 Some((h, p)) => (h, Some(p)),
@@ -49,7 +49,7 @@ impl Authority {
             {
                 return Err(ProxyError::BadAuthority);
             }
-            (host.to_ascii_lowercase(), port)
+            (HostBuf::Name(host), port)
         };
         let port = match port {
             None => DEFAULT_PORT,
@@ -58,9 +58,21 @@ impl Authority {
                 _ => return Err(ProxyError::BadAuthority),
             },
         };
-        let host_len = host.len();
+        // One exact-size allocation, no formatting machinery: this runs for every request.
+        let mut full = String::with_capacity(host.len() + 6);
+        match host {
+            HostBuf::Bracketed(v6) => {
+                full.push('[');
+                push_lower(&mut full, v6);
+                full.push(']');
+            }
+            HostBuf::Name(h) => push_lower(&mut full, h),
+        }
+        let host_len = full.len();
+        full.push(':');
+        push_port(&mut full, port);
         Ok(Self {
-            full: format!("{host}:{port}").into_boxed_str(),
+            full: full.into_boxed_str(),
             host_len,
             port,
         })
@@ -101,6 +113,40 @@ impl fmt::Display for Authority {
     }
 }
 
+/// The host as the request gave it, before lower-casing.
+enum HostBuf<'a> {
+    Bracketed(&'a str),
+    Name(&'a str),
+}
+
+impl HostBuf<'_> {
+    fn len(&self) -> usize {
+        match self {
+            HostBuf::Bracketed(v6) => v6.len() + 2,
+            HostBuf::Name(h) => h.len(),
+        }
+    }
+}
+
+fn push_lower(out: &mut String, s: &str) {
+    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+}
+
+fn push_port(out: &mut String, port: u16) {
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,12 +169,17 @@ mod tests {
             ("127.0.0.1:9", "127.0.0.1:9"),
             ("[::1]:443", "[::1]:443"),
             ("[::1]", "[::1]:80"),
+            ("[FE80::1]:65535", "[fe80::1]:65535"),
+            ("a:1", "a:1"),
+            ("a:010", "a:10"),
         ] {
             assert_eq!(Authority::parse(raw).unwrap().as_str(), want, "{raw}");
         }
         let a = Authority::parse("web-svc.emojivoto.svc.cluster.local:8080").unwrap();
         assert_eq!(a.host(), "web-svc.emojivoto.svc.cluster.local");
         assert_eq!(a.port(), 8080);
+        let a = Authority::parse("[::1]:443").unwrap();
+        assert_eq!((a.host(), a.port()), ("[::1]", 443));
     }
 
     #[test]

@@ -47,7 +47,8 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(128)
+        // Left at hyper's default of 100 headers: that array lives on the stack, while an
+        // explicit limit makes hyper allocate and zero one for every request.
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

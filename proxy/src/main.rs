@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use proxy::config::{Cli, Config, LogFormat};
 
+// Each proxied request makes and frees a few dozen small buffers (headers, TLS records, body
+// chunks); mimalloc's per-thread free lists serve them with about half the instructions of
+// glibc's malloc, and keep a long-running process's RSS flat under churn.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
