@@ -129,7 +129,9 @@ impl HostBuf<'_> {
 }
 
 fn push_lower(out: &mut String, s: &str) {
-    out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+    let start = out.len();
+    out.push_str(s);
+    out[start..].make_ascii_lowercase();
 }
 
 fn push_port(out: &mut String, port: u16) {

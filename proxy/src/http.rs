@@ -19,10 +19,10 @@ use crate::{
     metrics::{self, ConnMetrics},
     policy::CallerPolicy,
     routing::{Protocol, Router, Target},
-    upstream::Upstreams,
+    upstream::{UpstreamBody, Upstreams},
 };
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
 pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
@@ -52,6 +52,30 @@ pub struct ConnCtx {
     /// Set when a transport header named the target: every request on the connection goes
     /// there, whatever its authority says.
     pub target: Option<Arc<Target>>,
+    /// Made once per connection rather than per request: the `l5d-client-id` value and the
+    /// start of this gateway's `Forwarded` element.
+    client_id_header: Option<HeaderValue>,
+    forwarded_prefix: String,
+}
+
+impl ConnCtx {
+    pub fn new(
+        gw: &Gateway,
+        peer: SocketAddr,
+        client_id: Identity,
+        allowed: bool,
+        metrics: ConnMetrics,
+    ) -> Self {
+        Self {
+            client_id_header: HeaderValue::from_str(client_id.as_str()).ok(),
+            forwarded_prefix: format!("by={};for={};host=", gw.identity, client_id),
+            peer,
+            client_id,
+            allowed,
+            metrics,
+            target: None,
+        }
+    }
 }
 
 /// The hyper service body: never fails; errors become synthetic responses.
@@ -154,33 +178,50 @@ async fn proxy(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    parts.uri = retarget(&parts.uri, endpoint.uri_authority.clone())
-        .map_err(|_| ProxyError::BadAuthority)?;
+    parts.uri = match target.protocol {
+        // HTTP/1.1 servers get origin-form (`/path?query`), whatever form the caller used.
+        Protocol::Http1 => origin_form(&parts.uri),
+        // The pooled HTTP/2 client picks its connection by the URI's authority.
+        Protocol::Http2 => retarget(&parts.uri, endpoint.uri_authority.clone())
+            .map_err(|_| ProxyError::BadAuthority)?,
+    };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrading);
     match target.protocol {
         Protocol::Http1 => {
             parts.version = orig_proto.unwrap_or(Version::HTTP_11);
-            headers.insert(header::HOST, header_value(target.name.as_str())?);
+            headers.insert(header::HOST, target.host_header.clone());
         }
         Protocol::Http2 => {
             parts.version = Version::HTTP_2;
             headers.remove(header::HOST);
         }
     }
-    headers.insert(L5D_CLIENT_ID, header_value(conn.client_id.as_str())?);
+    let client_id = conn
+        .client_id_header
+        .clone()
+        .ok_or(ProxyError::BadAuthority)?;
+    headers.insert(L5D_CLIENT_ID, client_id);
+    let mut forwarded = String::with_capacity(conn.forwarded_prefix.len() + 80);
+    forwarded.push_str(&conn.forwarded_prefix);
+    forwarded.push_str(target.name.as_str());
+    forwarded.push_str(";proto=https");
     headers.append(
         FORWARDED,
-        header_value(&format!(
-            "by={};for={};host={};proto=https",
-            gw.identity, conn.client_id, target.name
-        ))?,
+        HeaderValue::from_maybe_shared(Bytes::from(forwarded))
+            .map_err(|_| ProxyError::BadAuthority)?,
     );
 
-    let mut resp = gw
-        .upstreams
-        .send(target.protocol, Request::from_parts(parts, body))
-        .await?;
+    let req = Request::from_parts(parts, body);
+    let mut resp = match target.protocol {
+        Protocol::Http2 => gw.upstreams.send_http2(req).await?,
+        Protocol::Http1 if upgrading => gw.upstreams.send_upgrade(endpoint.addr, req).await?,
+        Protocol::Http1 => {
+            gw.upstreams
+                .send_http1(&endpoint.pool, endpoint.addr, req)
+                .await?
+        }
+    };
     drop(inflight);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -225,6 +266,14 @@ fn parse_orig_proto(v: &HeaderValue) -> Option<Version> {
     }
 }
 
+/// `/path?query`: the request target an origin server expects.
+pub fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
 /// `http://<authority><path?query>`: the same request, aimed elsewhere.
 pub fn retarget(uri: &Uri, authority: http::uri::Authority) -> Result<Uri, http::Error> {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -233,10 +282,6 @@ pub fn retarget(uri: &Uri, authority: http::uri::Authority) -> Result<Uri, http:
         .authority(authority)
         .path_and_query(pq)
         .build()
-}
-
-fn header_value(s: &str) -> Result<HeaderValue, ProxyError> {
-    HeaderValue::from_str(s).map_err(|_| ProxyError::BadAuthority)
 }
 
 /// `:authority` for HTTP/2 and absolute-form requests, else `Host`.
@@ -282,9 +327,27 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
+/// Whether `name` is one of the headers [`strip_hop_by_hop`] may remove.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` on an upgrade and `TE:
 /// trailers` (which gRPC needs end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the few names present is cheaper than
+    // a hash lookup for each of the nine names.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -342,6 +405,15 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 3, "{h:?}");
         assert!(h.contains_key("x-kept"));
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -179,13 +179,7 @@ async fn connection(
         tracing::warn!(%peer, %client_id, "caller not in the allow-list; its requests get 403");
     }
     tracing::debug!(%peer, %client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
-    let mut ctx = ConnCtx {
-        peer,
-        client_id,
-        allowed,
-        metrics: conn_metrics,
-        target: None,
-    };
+    let mut ctx = ConnCtx::new(&gw, peer, client_id, allowed, conn_metrics);
     let server = match alpn.as_deref() {
         Some(transport_header::ALPN) => {
             let Some(session) =

@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `ip:port`, pre-rendered: it is the upstream URI's authority (and pool key) per request.
     pub uri_authority: http::uri::Authority,
+    /// Idle HTTP/1.1 connections to this address.
+    pub pool: Arc<crate::upstream::Http1Pool>,
     outstanding: AtomicUsize,
 }
 
@@ -48,6 +50,7 @@ impl Endpoint {
                 .to_string()
                 .parse()
                 .map_err(|_| ProxyError::BadAuthority)?,
+            pool: Arc::default(),
             outstanding: AtomicUsize::new(0),
         })
     }
@@ -78,6 +81,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Target {
     pub name: Authority,
+    /// `name` as the `Host` header HTTP/1.1 upstreams get.
+    pub host_header: http::HeaderValue,
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
     balancer: Balancer,
@@ -95,6 +100,8 @@ impl Target {
             .map(|a| Endpoint::new(*a))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            host_header: http::HeaderValue::from_str(name.as_str())
+                .map_err(|_| ProxyError::BadAuthority)?,
             name,
             protocol,
             endpoints,
