@@ -213,9 +213,13 @@ async fn proxy(
     );
 
     let req = Request::from_parts(parts, body);
+    // Only the HTTP/1.1 path is awaited in place: the others are boxed to keep every
+    // request's future (copied into a task per HTTP/2 stream) small.
     let mut resp = match target.protocol {
-        Protocol::Http2 => gw.upstreams.send_http2(req).await?,
-        Protocol::Http1 if upgrading => gw.upstreams.send_upgrade(endpoint.addr, req).await?,
+        Protocol::Http2 => Box::pin(gw.upstreams.send_http2(req)).await?,
+        Protocol::Http1 if upgrading => {
+            Box::pin(gw.upstreams.send_upgrade(endpoint.addr, req)).await?
+        }
         Protocol::Http1 => {
             gw.upstreams
                 .send_http1(&endpoint.pool, endpoint.addr, req)

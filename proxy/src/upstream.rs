@@ -130,7 +130,10 @@ impl Upstreams {
                 let reused = pooled.is_some();
                 let mut conn = match pooled {
                     Some(c) => c,
-                    None => self.connect(addr).await?,
+                    // Boxed: connecting is the cold path, and its future would otherwise
+                    // enlarge every request's future, which HTTP/2 callers' streams copy
+                    // into a task each.
+                    None => Box::pin(self.connect(addr)).await?,
                 };
                 let sent = conn.tx.try_send_request(req);
                 match drive(&mut conn, sent).await {

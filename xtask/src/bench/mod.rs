@@ -119,20 +119,34 @@ fn version(cmd: &str, arg: &str) -> String {
         .unwrap_or_default()
 }
 
+type StartFn = fn(&Env) -> anyhow::Result<(Proc, u32)>;
+
 /// One system under test.
 struct Target {
     name: &'static str,
     url: String,
     tls: bool,
-    start: fn(&Env) -> anyhow::Result<(Proc, u32)>,
+    start: StartFn,
+    port: u16,
 }
 
+#[derive(Clone)]
 struct Env {
     dir: PathBuf,
     bin: PathBuf,
     backend: SocketAddr,
     port: u16,
     admin_port: u16,
+}
+
+impl Env {
+    /// The same environment, listening on `port`.
+    fn on(&self, port: u16) -> Env {
+        Env {
+            port,
+            ..self.clone()
+        }
+    }
 }
 
 fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
@@ -477,42 +491,33 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
         dir: dir.clone(),
         bin: bin.clone(),
         backend,
-        port: free_port()?,
+        port: 0,
         admin_port: free_port()?,
     };
-    let port = env.port;
-    let targets = [
-        Target {
-            name: "gateway",
-            url: format!("https://127.0.0.1:{port}"),
-            tls: true,
-            start: start_gateway,
-        },
-        Target {
-            name: "nginx",
-            url: format!("https://127.0.0.1:{port}"),
-            tls: true,
-            start: start_nginx,
-        },
-        Target {
-            name: "haproxy",
-            url: format!("https://127.0.0.1:{port}"),
-            tls: true,
-            start: start_haproxy,
-        },
+    let target = |name, start, tls| -> anyhow::Result<Target> {
+        let port = free_port()?;
+        let scheme = if tls { "https" } else { "http" };
+        Ok(Target {
+            name,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            tls,
+            start,
+            port,
+        })
+    };
+    let proxies = [
+        target("gateway", start_gateway as StartFn, true)?,
+        target("nginx", start_nginx, true)?,
+        target("haproxy", start_haproxy, true)?,
     ];
     let direct = Target {
         name: "direct",
         url: format!("http://{backend}"),
         tls: false,
         start: |_| bail!("no process"),
+        port: backend.port(),
     };
-    let ceiling = Target {
-        name: "rustls-accept-loop",
-        url: format!("https://127.0.0.1:{port}"),
-        tls: true,
-        start: start_ceiling,
-    };
+    let ceiling = target("rustls-accept-loop", start_ceiling, true)?;
 
     let mut results: Vec<Value> = Vec::new();
     let mut record = |scenario: &str, target: &str, runs: Vec<Value>| {
@@ -555,36 +560,66 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
         results.push(summary);
     };
 
+    // Throughput and latency. Every system runs at once (each on its own port, all pinned to
+    // the proxy core, idle but for the one under load), and the runs go round-robin: repeat
+    // 1 of a scenario on each system, then repeat 2 on each, and so on. A noisy minute on
+    // this VM then spreads over all systems instead of skewing one system's median.
+    println!("==> starting gateway, nginx, haproxy and the bare rustls accept loop");
+    let mut running = Vec::new();
+    for t in proxies.iter().chain([&ceiling]) {
+        running.push((t.start)(&env.on(t.port))?);
+    }
+    let pid = |name: &str| -> Option<u32> {
+        proxies
+            .iter()
+            .chain([&ceiling])
+            .position(|t| t.name == name)
+            .map(|i| running[i].1)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // (scenario, target, loadgen arguments, path)
+    let mut plan: Vec<(&str, &Target, &[&str], &str)> = Vec::new();
+    for (id, _, path, args, on_direct) in SCENARIOS {
+        for t in &proxies {
+            plan.push((id, t, args, path));
+        }
+        if *on_direct {
+            plan.push((id, &direct, args, path));
+        }
+        if *id == "c" {
+            plan.push((id, &ceiling, args, path));
+        }
+    }
+    plan.push((
+        "g",
+        &proxies[0],
+        &["--transport-header", "-c", "10", "--streams", "10"],
+        "/",
+    ));
+    let mut runs: Vec<Vec<Value>> = vec![Vec::new(); plan.len()];
+    for rep in 1..=opts.repeats {
+        println!("==> round {rep} of {}", opts.repeats);
+        for (i, (id, t, args, path)) in plan.iter().enumerate() {
+            let report = loadgen(&env, &opts, t, path, args, pid(t.name))?;
+            println!(
+                "    {id} {:>18}: {:>9.0} req/s",
+                t.name,
+                f(&report, &["requests_per_second"])
+            );
+            runs[i].push(report);
+        }
+    }
+    drop(running);
+    for ((id, t, _, _), r) in plan.iter().zip(runs) {
+        record(id, t.name, r);
+    }
+
+    // (f) memory: each proxy alone and freshly started, idle, then holding many idle mTLS
+    // connections.
     let mut memory: Vec<Value> = Vec::new();
-    for t in &targets {
-        println!("==> {}", t.name);
-        let (proc_, pid) = (t.start)(&env)?;
-        std::thread::sleep(Duration::from_millis(500));
-        let idle_rss = rss_bytes(pid);
-        for (id, _, path, args, _) in SCENARIOS {
-            let runs = (0..opts.repeats)
-                .map(|_| loadgen(&env, &opts, t, path, args, Some(pid)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            record(id, t.name, runs);
-        }
-        if t.name == "gateway" {
-            let runs = (0..opts.repeats)
-                .map(|_| {
-                    loadgen(
-                        &env,
-                        &opts,
-                        t,
-                        "/",
-                        &["--transport-header", "-c", "10", "--streams", "10"],
-                        Some(pid),
-                    )
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            record("g", t.name, runs);
-        }
-        // (f) memory: idle, then with many idle mTLS connections. Restarted for a clean count.
-        drop(proc_);
-        let (proc_, pid) = (t.start)(&env)?;
+    for t in &proxies {
+        let port = t.port;
+        let (proc_, pid) = (t.start)(&env.on(port))?;
         std::thread::sleep(Duration::from_millis(500));
         let fresh_rss = rss_bytes(pid);
         let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
@@ -624,40 +659,13 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
             0.0
         };
         println!(
-            "    f {:>18}: idle RSS {:.1} MiB (after load {:.1} MiB); {held} idle mTLS connections: {:.1} MiB, {:.1} KiB each",
+            "    f {:>18}: idle RSS {:.1} MiB; {held} idle mTLS connections: {:.1} MiB, {:.1} KiB each",
             t.name,
             fresh_rss as f64 / 1048576.0,
-            idle_rss as f64 / 1048576.0,
             loaded_rss as f64 / 1048576.0,
             per_conn / 1024.0
         );
         memory.push(json!({"target": t.name, "idle_rss_bytes": fresh_rss, "connections": held, "rss_with_connections_bytes": loaded_rss, "bytes_per_connection": per_conn}));
-    }
-    println!("==> direct (no proxy, plaintext)");
-    for (id, _, path, args, on_direct) in SCENARIOS {
-        if *on_direct {
-            let runs = (0..opts.repeats)
-                .map(|_| loadgen(&env, &opts, &direct, path, args, None))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            record(id, "direct", runs);
-        }
-    }
-    println!("==> bare rustls mTLS accept loop (ceiling for c)");
-    {
-        let (_p, pid) = (ceiling.start)(&env)?;
-        let runs = (0..opts.repeats)
-            .map(|_| {
-                loadgen(
-                    &env,
-                    &opts,
-                    &ceiling,
-                    "/",
-                    &["--new-connection", "-c", "8"],
-                    Some(pid),
-                )
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        record("c", ceiling.name, runs);
     }
     drop(backend_proc);
 
@@ -799,7 +807,12 @@ fn table(doc: &Value) -> String {
         added("haproxy", "p50_us"), added("haproxy", "p99_us"), added("haproxy", "p999_us"),
     );
     let ceil = v("c", "rustls-accept-loop", "requests_per_second");
-    md += &format!("| (c) bare rustls mTLS accept loop | handshakes/s | {ceil:.0} (ceiling; gateway reaches {}) | | | | | |\n", ratio(v("c", "gateway", "requests_per_second"), ceil));
+    let ceil_cpu = v("c", "rustls-accept-loop", "requests_per_proxy_cpu_second");
+    md += &format!(
+        "| (c) bare rustls mTLS accept loop | handshakes/s (per CPU-s) | {ceil:.0} ({ceil_cpu:.0}): the ceiling; the gateway reaches {} ({} per CPU-s) | | | | | |\n",
+        ratio(v("c", "gateway", "requests_per_second"), ceil),
+        ratio(v("c", "gateway", "requests_per_proxy_cpu_second"), ceil_cpu)
+    );
     md += &format!(
         "| (g) transport-header mode, 10 x 10 streams | req/s | {:.0} (per proxy CPU-s: {:.0}) | | | | | |\n",
         v("g", "gateway", "requests_per_second"),
