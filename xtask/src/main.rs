@@ -95,6 +95,18 @@ enum Cmd {
         #[arg(long, default_value = "benches/results")]
         out: PathBuf,
     },
+    /// What one request costs the gateway, counted: user-space instructions (callgrind) and
+    /// system calls (strace) per request, per scenario; writes benches/results/cost.md.
+    BenchCost {
+        /// Requests in the smaller run (new-connection scenario: a fiftieth).
+        #[arg(long, default_value_t = 5_000)]
+        small: u64,
+        /// Requests in the larger run; the difference is what is measured.
+        #[arg(long, default_value_t = 20_000)]
+        large: u64,
+        #[arg(long, default_value = "benches/results")]
+        out: PathBuf,
+    },
     /// Run what CI runs: fmt check, clippy, tests.
     Ci,
     #[command(hide = true)]
@@ -280,6 +292,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmup,
             repeats: repeats.max(1),
             idle_connections,
+        }),
+        Cmd::BenchCost { small, large, out } => bench::run_cost(bench::cost::CostOptions {
+            out: std::env::current_dir()?.join(out),
+            small,
+            large,
         }),
         Cmd::BenchBackend { listen } => runtime()?.block_on(bench::servers::backend(listen)),
         Cmd::BenchTlsCeiling { listen, dir } => {

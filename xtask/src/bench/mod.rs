@@ -5,6 +5,7 @@
 //! one, the table also gives requests per proxy CPU-second (measured from /proc), which holds
 //! whichever side saturates first.
 
+pub mod cost;
 pub mod servers;
 
 use std::{
@@ -416,6 +417,62 @@ const SCENARIOS: &[(&str, &str, &str, &[&str], bool)] = &[
     ),
 ];
 
+/// Builds the gateway, loadgen and xtask in release mode; returns their directory.
+fn build_release() -> anyhow::Result<PathBuf> {
+    println!("==> building release binaries");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(&cargo)
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "proxy",
+            "--bin",
+            "gateway",
+            "-p",
+            "bench",
+            "--bin",
+            "loadgen",
+            "-p",
+            "xtask",
+            "--bin",
+            "xtask",
+        ])
+        .status()?;
+    if !st.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("release"))
+}
+
+/// The commit being measured.
+fn git_head() -> String {
+    Command::new("git")
+        .args([
+            "-C",
+            &root().display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `cargo xtask bench-cost`: see [`cost`].
+pub fn run_cost(opts: cost::CostOptions) -> anyhow::Result<()> {
+    let bin = build_release()?;
+    let md = cost::run(opts, &bin, &root().join("target/bench-cost"))?;
+    println!("\n{md}");
+    Ok(())
+}
+
 pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     if std::thread::available_parallelism()
         .map(|n| n.get())
@@ -444,35 +501,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
             break;
         }
     }
-    println!("==> building release binaries");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(&cargo)
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "proxy",
-            "--bin",
-            "gateway",
-            "-p",
-            "bench",
-            "--bin",
-            "loadgen",
-            "-p",
-            "xtask",
-            "--bin",
-            "xtask",
-        ])
-        .status()?;
-    if !st.success() {
-        bail!("cargo build --release failed");
-    }
-    let bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-        .join("release");
+    let bin = build_release()?;
     let dir = root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -670,7 +699,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     drop(backend_proc);
 
     let versions = json!({
-        "gateway": Command::new("git").args(["-C", &root().display().to_string(), "rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+        "gateway": git_head(),
         "nginx": version("nginx", "-v"),
         "haproxy": version("haproxy", "-v"),
         "kernel": version("uname", "-r"),

@@ -1,0 +1,316 @@
+//! `cargo xtask bench-cost`: what one request costs the gateway, counted rather than timed.
+//!
+//! Wall-clock throughput on a shared VM moves by ±30 % from minute to minute; instruction and
+//! system-call counts do not. For each scenario the gateway runs twice under callgrind and
+//! twice under `strace -c`, serving `small` and then `large` requests; the difference divided
+//! by `large - small` is the marginal cost of one request, with start-up, handshakes of the
+//! long-lived connections and shutdown cancelled out. Callgrind counts user-space
+//! instructions only; the system calls stand in for the kernel's share.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use super::{free_port, pinned, spawn, wait_port, AUTHORITY, CLIENT_CORE};
+use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
+
+pub struct CostOptions {
+    pub out: PathBuf,
+    pub small: u64,
+    pub large: u64,
+}
+
+/// (name, server, loadgen arguments, divisor for the request counts: handshakes cost about
+/// 80 times more than requests).
+const SCENARIOS: &[(&str, Server, &[&str], u64)] = &[
+    (
+        "HTTP/1.1 keep-alive, 16 connections",
+        Server::Gateway,
+        &["-c", "16"],
+        1,
+    ),
+    (
+        "HTTP/2, 4 connections x 10 streams",
+        Server::Gateway,
+        &["--h2", "-c", "4", "--streams", "10"],
+        1,
+    ),
+    (
+        "transport header + HTTP/2, 4 x 10 streams",
+        Server::Gateway,
+        &["--transport-header", "-c", "4", "--streams", "10"],
+        1,
+    ),
+    (
+        "new mTLS connection per request",
+        Server::Gateway,
+        &["--new-connection", "-c", "4"],
+        50,
+    ),
+    (
+        "new mTLS connection per request: bare rustls accept loop, no proxying",
+        Server::AcceptLoop,
+        &["--new-connection", "-c", "4"],
+        50,
+    ),
+];
+
+struct Env {
+    dir: PathBuf,
+    bin: PathBuf,
+    backend: SocketAddr,
+}
+
+/// Runs the gateway under `wrapper` (a command prefix), sends `n` requests, stops it with
+/// SIGINT so the wrapper writes its report, and returns once it has exited.
+/// What serves the requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Gateway,
+    /// The bare rustls accept loop of `cargo xtask bench`: the floor for handshakes.
+    AcceptLoop,
+}
+
+fn serve(
+    env: &Env,
+    wrapper: &[String],
+    server: Server,
+    args: &[&str],
+    n: u64,
+) -> anyhow::Result<()> {
+    let port = free_port()?;
+    let admin = free_port()?;
+    let mut c = Command::new(&wrapper[0]);
+    c.args(&wrapper[1..]);
+    match server {
+        Server::Gateway => c
+            .arg(env.bin.join("gateway"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .arg("--trust-anchors")
+            .arg(env.dir.join("root.crt"))
+            .arg("--cert")
+            .arg(env.dir.join("gateway.crt"))
+            .arg("--key")
+            .arg(env.dir.join("gateway.key"))
+            .args([
+                "--route",
+                &format!("{AUTHORITY}={}", env.backend),
+                "--log-level",
+                "warn",
+            ]),
+        Server::AcceptLoop => c
+            .arg(env.bin.join("xtask"))
+            .args([
+                "bench-tls-ceiling",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--dir")
+            .arg(&env.dir),
+    };
+    let mut gw = spawn(c, &env.dir.join("server.log"))?;
+    // Under valgrind start-up takes seconds.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(s)) = gw.0.try_wait() {
+            bail!("the gateway exited at start-up ({s})");
+        }
+        if Instant::now() > deadline {
+            bail!("the gateway did not listen on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env.bin.join("loadgen"))
+        .arg(format!("https://127.0.0.1:{port}/"))
+        .args(["--authority", AUTHORITY, "--quiet", "--threads", "1"])
+        .args(["--warmup", "0s", "-n", &n.to_string(), "--timeout", "60s"])
+        .arg("--cacert")
+        .arg(env.dir.join("root.crt"))
+        .arg("--cert")
+        .arg(env.dir.join("vote-bot.crt"))
+        .arg("--key")
+        .arg(env.dir.join("vote-bot.key"))
+        .args(["--server-identity", GATEWAY_ID])
+        .args(args)
+        .output()
+        .context("running loadgen")?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !text.contains(&format!("{n} ok")) {
+        bail!("loadgen did not complete {n} requests:\n{text}");
+    }
+    // valgrind runs the gateway in its own process; strace runs it as a child, and must
+    // itself be left to write its summary when the child exits.
+    let pid = gw.0.id().to_string();
+    let _ = if wrapper[0] == "strace" {
+        Command::new("pkill").args(["-INT", "-P", &pid]).status()
+    } else {
+        Command::new("kill").args(["-INT", &pid]).status()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while gw.0.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("the gateway did not exit after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn instructions(env: &Env, server: Server, args: &[&str], n: u64) -> anyhow::Result<f64> {
+    let file = env.dir.join("callgrind.out");
+    let _ = std::fs::remove_file(&file);
+    let wrapper = vec![
+        "valgrind".to_string(),
+        "--tool=callgrind".into(),
+        format!("--callgrind-out-file={}", file.display()),
+    ];
+    serve(env, &wrapper, server, args, n)?;
+    let text = std::fs::read_to_string(&file).context("reading the callgrind output")?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no totals in {}", file.display()))
+}
+
+fn syscalls(
+    env: &Env,
+    server: Server,
+    args: &[&str],
+    n: u64,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let file = env.dir.join("strace.out");
+    let _ = std::fs::remove_file(&file);
+    let wrapper = vec![
+        "strace".to_string(),
+        "-f".into(),
+        "-c".into(),
+        "-o".into(),
+        file.display().to_string(),
+    ];
+    serve(env, &wrapper, server, args, n)?;
+    Ok(parse_strace(&std::fs::read_to_string(&file)?))
+}
+
+/// `strace -c` rows: `% time  seconds  usecs/call  calls  [errors]  syscall`.
+fn parse_strace(text: &str) -> BTreeMap<String, f64> {
+    let mut calls = BTreeMap::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 5 || cols[0].parse::<f64>().is_err() {
+            continue;
+        }
+        if let (Ok(n), Some(&name)) = (cols[3].parse::<f64>(), cols.last()) {
+            if name != "total" {
+                calls.insert(name.to_string(), n);
+            }
+        }
+    }
+    calls
+}
+
+pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> {
+    for tool in ["valgrind", "strace"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            bail!("{tool} is needed (apt-get install {tool})");
+        }
+    }
+    if opts.large <= opts.small {
+        bail!("--large must be more than --small");
+    }
+    std::fs::create_dir_all(dir)?;
+    let pki = identity::Pki::new()?;
+    std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
+    pki.leaf(GATEWAY_ID)?.write(dir, "gateway")?;
+    pki.leaf(VOTE_BOT_ID)?.write(dir, "vote-bot")?;
+    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
+    c.args(["bench-backend", "--listen", &backend.to_string()]);
+    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
+    wait_port(backend, &mut backend_proc.0, "the backend")?;
+    let env = Env {
+        dir: dir.to_path_buf(),
+        bin: bin.to_path_buf(),
+        backend,
+    };
+
+    let mut md = format!(
+        "Marginal cost of one request through the gateway (commit {}): user-space instructions \
+         (callgrind) and system calls (strace -c), from runs of {} and {} requests.\n\n\
+         | Scenario | instructions / request | system calls / request | of which |\n|---|---|---|---|\n",
+        super::git_head(),
+        opts.small,
+        opts.large
+    );
+    for (name, server, args, divisor) in SCENARIOS {
+        let (small, large) = (opts.small / divisor, opts.large / divisor);
+        let span = (large - small) as f64;
+        println!("==> {name}: callgrind, {small} and {large} requests");
+        let ir = (instructions(&env, *server, args, large)?
+            - instructions(&env, *server, args, small)?)
+            / span;
+        println!("==> {name}: strace, {small} and {large} requests");
+        let (a, b) = (
+            syscalls(&env, *server, args, small)?,
+            syscalls(&env, *server, args, large)?,
+        );
+        let mut per: Vec<(String, f64)> = b
+            .iter()
+            .map(|(k, v)| (k.clone(), (v - a.get(k).copied().unwrap_or(0.0)) / span))
+            .filter(|(_, v)| *v >= 0.05)
+            .collect();
+        per.sort_by(|x, y| y.1.total_cmp(&x.1));
+        let total: f64 = per.iter().map(|(_, v)| v).sum();
+        let detail = per
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("    {ir:.0} instructions, {total:.2} system calls ({detail})");
+        md += &format!("| {name} | {ir:.0} | {total:.2} | {detail} |\n");
+    }
+    drop(backend_proc);
+    std::fs::create_dir_all(&opts.out)?;
+    std::fs::write(opts.out.join("cost.md"), &md)?;
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_strace_summaries() {
+        let text = "% time     seconds  usecs/call     calls    errors syscall\n\
+            ------ ----------- ----------- --------- --------- ----------------\n\
+             72.97    0.223429           5     39503           writev\n\
+             24.08    0.073728           1     39504      12   recvfrom\n\
+            ------ ----------- ----------- --------- --------- ----------------\n\
+            100.00    0.306196           3     79671        12 total\n";
+        let calls = parse_strace(text);
+        assert_eq!(calls.get("writev"), Some(&39503.0));
+        assert_eq!(calls.get("recvfrom"), Some(&39504.0));
+        assert_eq!(calls.len(), 2, "{calls:?}");
+    }
+}
