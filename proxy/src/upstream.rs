@@ -231,7 +231,11 @@ impl Upstreams {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ProxyError::Upstream)?;
-        Ok(Box::new(Conn { tx, io }))
+        Ok(Box::new(Conn {
+            tx,
+            io,
+            ended: false,
+        }))
     }
 }
 
@@ -243,15 +247,30 @@ type SendResult = Result<Response<Incoming>, TrySendError<Request<Incoming>>>;
 struct Conn {
     tx: http1::SendRequest<Incoming>,
     io: Http1Io,
+    /// Set once `io` has finished (closed or failed); it is never polled again.
+    ended: bool,
 }
 
 impl Conn {
+    /// Moves bytes; ready once the connection has ended.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ended {
+            return Poll::Ready(());
+        }
+        let r = ready!(Pin::new(&mut self.io).poll(cx));
+        self.ended = true;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "upstream connection failed");
+        }
+        Poll::Ready(())
+    }
+
     /// Polls the connection once without being woken later: for a connection nobody is
     /// waiting on, this is how a close or an error that arrived meanwhile is noticed.
     /// True when the connection can carry another request.
     fn reusable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        Pin::new(&mut self.io).poll(&mut cx).is_pending() && self.tx.is_ready()
+        self.poll_io(&mut cx).is_pending() && self.tx.is_ready()
     }
 }
 
@@ -259,19 +278,12 @@ impl Conn {
 /// run in the calling task; the connection wakes it when the socket is ready.
 async fn drive(conn: &mut Conn, sent: impl Future<Output = SendResult>) -> SendResult {
     let mut sent = pin!(sent);
-    let mut io_done = false;
     std::future::poll_fn(|cx| {
         // The connection goes first: it writes the request and, with luck, reads the
-        // response in the same turn, so `sent` is ready when polled next.
-        if !io_done {
-            if let Poll::Ready(r) = Pin::new(&mut conn.io).poll(cx) {
-                io_done = true;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream connection failed");
-                }
-            }
-        }
-        // Once the connection has ended, hyper has answered `sent` with its error.
+        // response in the same turn, so `sent` is ready when polled next. Once the
+        // connection has ended, hyper has answered `sent` (with its error, or with a
+        // response it read before the server closed).
+        let _ = conn.poll_io(cx);
         sent.as_mut().poll(cx)
     })
     .await
@@ -416,12 +428,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         if let Some(lease) = &mut this.lease {
-            // The connection fills `inner`; without this poll nothing would arrive.
-            if let Poll::Ready(r) = Pin::new(&mut lease.conn.io).poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream connection failed mid-body");
-                }
-                // Closed: what it delivered is already queued in `inner`.
+            // The connection fills `inner`; without this poll nothing would arrive. Once it
+            // has ended, what it delivered is already queued in `inner`.
+            if lease.conn.poll_io(cx).is_ready() {
                 this.lease = None;
             }
         }
