@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use super::{free_port, pinned, spawn, wait_port, AUTHORITY, CLIENT_CORE};
+use super::{
+    caller_args, free_port, gateway_args, pinned, spawn, wait_port, AUTHORITY, CLIENT_CORE,
+};
 use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
 
 pub struct CostOptions {
@@ -89,36 +91,21 @@ fn serve(
     let mut c = Command::new(&wrapper[0]);
     c.args(&wrapper[1..]);
     match server {
-        Server::Gateway => c
-            .arg(env.bin.join("gateway"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-            ])
-            .arg("--trust-anchors")
-            .arg(env.dir.join("root.crt"))
-            .arg("--cert")
-            .arg(env.dir.join("gateway.crt"))
-            .arg("--key")
-            .arg(env.dir.join("gateway.key"))
-            .args([
-                "--route",
-                &format!("{AUTHORITY}={}", env.backend),
-                "--log-level",
-                "warn",
-            ]),
-        Server::AcceptLoop => c
-            .arg(env.bin.join("xtask"))
-            .args([
-                "bench-tls-ceiling",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--dir")
-            .arg(&env.dir),
-    };
+        Server::Gateway => {
+            c.arg(env.bin.join("gateway"));
+            gateway_args(&mut c, &env.dir, port, admin, env.backend);
+        }
+        Server::AcceptLoop => {
+            c.arg(env.bin.join("xtask"))
+                .args([
+                    "bench-tls-ceiling",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .arg("--dir")
+                .arg(&env.dir);
+        }
+    }
     let mut gw = spawn(c, &env.dir.join("server.log"))?;
     // Under valgrind start-up takes seconds.
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -132,20 +119,12 @@ fn serve(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = Command::new(env.bin.join("loadgen"))
-        .arg(format!("https://127.0.0.1:{port}/"))
+    let mut load = Command::new(env.bin.join("loadgen"));
+    load.arg(format!("https://127.0.0.1:{port}/"))
         .args(["--authority", AUTHORITY, "--quiet", "--threads", "1"])
-        .args(["--warmup", "0s", "-n", &n.to_string(), "--timeout", "60s"])
-        .arg("--cacert")
-        .arg(env.dir.join("root.crt"))
-        .arg("--cert")
-        .arg(env.dir.join("vote-bot.crt"))
-        .arg("--key")
-        .arg(env.dir.join("vote-bot.key"))
-        .args(["--server-identity", GATEWAY_ID])
-        .args(args)
-        .output()
-        .context("running loadgen")?;
+        .args(["--warmup", "0s", "-n", &n.to_string(), "--timeout", "60s"]);
+    caller_args(&mut load, &env.dir);
+    let out = load.args(args).output().context("running loadgen")?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || !text.contains(&format!("{n} ok")) {

@@ -150,28 +150,44 @@ impl Env {
     }
 }
 
-fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
-    let mut c = pinned(PROXY_CORE, &e.bin.join("gateway"));
+/// The gateway's flags for a bench: the bench PKI in `dir`, one route to `backend`, warnings
+/// only (an access line per request would be measured too).
+fn gateway_args(c: &mut Command, dir: &Path, port: u16, admin: u16, backend: SocketAddr) {
     c.args([
         "--listen",
-        &format!("127.0.0.1:{}", e.port),
+        &format!("127.0.0.1:{port}"),
         "--admin-listen",
-        &format!("127.0.0.1:{}", e.admin_port),
+        &format!("127.0.0.1:{admin}"),
     ])
     .arg("--trust-anchors")
-    .arg(e.dir.join("root.crt"))
+    .arg(dir.join("root.crt"))
     .arg("--cert")
-    .arg(e.dir.join("gateway.crt"))
+    .arg(dir.join("gateway.crt"))
     .arg("--key")
-    .arg(e.dir.join("gateway.key"))
+    .arg(dir.join("gateway.key"))
     .args([
         "--route",
-        &format!("{AUTHORITY}={}", e.backend),
+        &format!("{AUTHORITY}={backend}"),
         "--log-level",
         "warn",
-        "--max-connections",
-        "15000",
     ]);
+}
+
+/// loadgen's flags to call as vote-bot with the bench PKI in `dir`.
+fn caller_args(c: &mut Command, dir: &Path) {
+    c.arg("--cacert")
+        .arg(dir.join("root.crt"))
+        .arg("--cert")
+        .arg(dir.join("vote-bot.crt"))
+        .arg("--key")
+        .arg(dir.join("vote-bot.key"))
+        .args(["--server-identity", GATEWAY_ID]);
+}
+
+fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
+    let mut c = pinned(PROXY_CORE, &e.bin.join("gateway"));
+    gateway_args(&mut c, &e.dir, e.port, e.admin_port, e.backend);
+    c.args(["--max-connections", "15000"]);
     let mut p = spawn(c, &e.dir.join("gateway.log"))?;
     wait_port(
         SocketAddr::from(([127, 0, 0, 1], e.port)),
@@ -341,10 +357,7 @@ fn loadgen(
         .arg(&json)
         .args(args);
     if t.tls {
-        c.arg("--cacert").arg(e.dir.join("root.crt"));
-        c.arg("--cert").arg(e.dir.join("vote-bot.crt"));
-        c.arg("--key").arg(e.dir.join("vote-bot.key"));
-        c.args(["--server-identity", GATEWAY_ID]);
+        caller_args(&mut c, &e.dir);
     }
     if let Some(pid) = pid {
         c.args(["--pid", &pid.to_string()]);
