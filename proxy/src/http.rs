@@ -41,6 +41,8 @@ pub struct Gateway {
     pub callers: CallerPolicy,
     /// For opaque (spliced) connections; HTTP upstreams carry theirs in the client.
     pub connect_timeout: std::time::Duration,
+    /// One `access` line per request (per connection for opaque streams).
+    pub access_log: bool,
 }
 
 /// What is known about the caller's connection.
@@ -113,18 +115,20 @@ pub async fn handle(
     let status = resp.status();
     conn.metrics
         .request(routed_name(&routed), status.as_u16(), latency);
-    tracing::info!(
-        target: "access",
-        client_id = %conn.client_id,
-        tls = true,
-        authority = routed_name(&routed),
-        method = %method,
-        path = uri.path(),
-        status = status.as_u16(),
-        latency_us = latency.as_micros() as u64,
-        upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
-        peer = %conn.peer,
-    );
+    if gw.access_log {
+        tracing::info!(
+            target: "access",
+            client_id = %conn.client_id,
+            tls = true,
+            authority = routed_name(&routed),
+            method = %method,
+            path = uri.path(),
+            status = status.as_u16(),
+            latency_us = latency.as_micros() as u64,
+            upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
+            peer = %conn.peer,
+        );
+    }
     Ok(resp)
 }
 

@@ -123,6 +123,7 @@ pub async fn start(
         }),
         callers: CallerPolicy::new(callers),
         connect_timeout: cfg.connect_timeout,
+        access_log: cfg.access_log,
     });
     // Server preference: a caller offering the transport header gets it.
     let server_tls = Arc::new(mtls::server_config(

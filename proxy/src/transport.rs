@@ -136,12 +136,16 @@ pub async fn splice<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, gw: &Gateway
     let _ = upstream.set_nodelay(true);
     let started = std::time::Instant::now();
     match tokio::io::copy_bidirectional(&mut io, &mut upstream).await {
-        Ok((up, down)) => tracing::info!(
-            target: "access",
-            client_id = %ctx.client_id, tls = true, authority = %target.name, protocol = "opaque",
-            bytes_in = up, bytes_out = down, duration_ms = started.elapsed().as_millis() as u64,
-            upstream = %addr, peer = %ctx.peer,
-        ),
+        Ok((up, down)) => {
+            if gw.access_log {
+                tracing::info!(
+                    target: "access",
+                    client_id = %ctx.client_id, tls = true, authority = %target.name, protocol = "opaque",
+                    bytes_in = up, bytes_out = down, duration_ms = started.elapsed().as_millis() as u64,
+                    upstream = %addr, peer = %ctx.peer,
+                );
+            }
+        }
         Err(e) => {
             ctx.metrics.set_close_error("EIO");
             tracing::debug!(peer = %ctx.peer, client_id = %ctx.client_id, target = %target.name, error = %e, "opaque stream ended with an error");

@@ -53,7 +53,7 @@ fn host() -> String {
 async fn curl_http1_and_http2_through_the_gateway() {
     let fx = Fixture::new();
     let backend = backend().await;
-    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+    let gw = Gateway::start(&fx, &["--route", &web_route(backend), "--access-log"]);
 
     for proto in ["--http1.1", "--http2"] {
         let (ok, code, body) = curl(
@@ -227,6 +227,9 @@ async fn many_concurrent_requests_over_both_protocols() {
             .any(|l| l.starts_with("request_total{") && l.ends_with(" 400")),
         "{m}"
     );
+    // No access lines unless asked for (--access-log).
+    let log = gw.log_text();
+    assert!(!log.lines().any(|l| l.contains(" access:")), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

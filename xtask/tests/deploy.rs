@@ -191,6 +191,17 @@ fn demo_overlays_match_the_tutorial() {
         web["metadata"]["labels"]["mirror.linkerd.io/exported"],
         "true"
     );
+    // `--doks` verifies the demo from the gateway's access lines, which are off by default.
+    let gw_args = &find(&east, "Deployment", "linkerd-gateway").unwrap()["spec"]["template"]
+        ["spec"]["containers"][0]["args"];
+    assert!(
+        gw_args
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "--access-log"),
+        "{gw_args}"
+    );
     let west = objects(&render("demo/west"));
     for d in ["web", "emoji", "voting"] {
         assert!(find(&west, "Deployment", d).is_none(), "west still has {d}");
