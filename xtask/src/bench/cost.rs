@@ -17,10 +17,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use super::{
-    caller_args, free_port, gateway_args, pinned, spawn, wait_port, AUTHORITY, CLIENT_CORE,
-};
-use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
+use super::{caller_args, free_port, gateway_args, prepare, spawn, AUTHORITY};
 
 pub struct CostOptions {
     pub out: PathBuf,
@@ -218,16 +215,7 @@ pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> 
     if opts.large <= opts.small {
         bail!("--large must be more than --small");
     }
-    std::fs::create_dir_all(dir)?;
-    let pki = identity::Pki::new()?;
-    std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
-    pki.leaf(GATEWAY_ID)?.write(dir, "gateway")?;
-    pki.leaf(VOTE_BOT_ID)?.write(dir, "vote-bot")?;
-    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
-    c.args(["bench-backend", "--listen", &backend.to_string()]);
-    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
-    wait_port(backend, &mut backend_proc.0, "the backend")?;
+    let (backend, backend_proc) = prepare(bin, dir)?;
     let env = Env {
         dir: dir.to_path_buf(),
         bin: bin.to_path_buf(),

@@ -463,6 +463,22 @@ fn build_release() -> anyhow::Result<PathBuf> {
         .join("release"))
 }
 
+/// A fresh PKI in `dir` (anchor, the gateway's and vote-bot's leaves) and the backend,
+/// pinned to the client core: what every bench starts from.
+fn prepare(bin: &Path, dir: &Path) -> anyhow::Result<(SocketAddr, Proc)> {
+    std::fs::create_dir_all(dir)?;
+    let pki = identity::Pki::new()?;
+    std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
+    pki.leaf(GATEWAY_ID)?.write(dir, "gateway")?;
+    pki.leaf(VOTE_BOT_ID)?.write(dir, "vote-bot")?;
+    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
+    c.args(["bench-backend", "--listen", &backend.to_string()]);
+    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
+    wait_port(backend, &mut backend_proc.0, "the backend")?;
+    Ok((backend, backend_proc))
+}
+
 /// The commit being measured.
 fn git_head() -> String {
     Command::new("git")
@@ -517,17 +533,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let bin = build_release()?;
     let dir = root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let pki = identity::Pki::new()?;
-    std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
-    pki.leaf(GATEWAY_ID)?.write(&dir, "gateway")?;
-    pki.leaf(VOTE_BOT_ID)?.write(&dir, "vote-bot")?;
-
-    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
-    c.args(["bench-backend", "--listen", &backend.to_string()]);
-    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
-    wait_port(backend, &mut backend_proc.0, "the backend")?;
+    let (backend, backend_proc) = prepare(&bin, &dir)?;
 
     let env = Env {
         dir: dir.clone(),
