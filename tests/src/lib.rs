@@ -487,6 +487,15 @@ pub async fn linkerd_connect(
     Ok(io)
 }
 
+/// A Linkerd source proxy's HTTP/2 session: the transport header, then HTTP/2 prior knowledge.
+pub async fn linkerd_h2(
+    fx: &Fixture,
+    addr: SocketAddr,
+    header: &transport_header::Header,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>> {
+    h2_over(linkerd_connect(fx, addr, header).await?).await
+}
+
 /// An HTTP/2 client on an established stream (prior knowledge, as after a transport header).
 pub async fn h2_over<IO>(
     io: IO,

@@ -44,14 +44,13 @@ async fn gateway(fx: &Fixture) -> Gateway {
 async fn http2_with_orig_proto_reaches_an_http1_backend_and_is_marked() {
     let fx = Fixture::new();
     let gw = gateway(&fx).await;
-    let io = linkerd_connect(
+    let mut send = linkerd_h2(
         &fx,
         gw.listen,
         &header(WEB_SVC, 80, Some(SessionProtocol::Http2)),
     )
     .await
     .unwrap();
-    let mut send = h2_over(io).await.unwrap();
     for orig in ["HTTP/1.1", "HTTP/1.1; absolute-form", "HTTP/1.0"] {
         // As a source proxy sends it: Host removed, :authority from the override.
         let req = Request::get(format!("http://{WEB_SVC}:80/api/list"))
@@ -103,14 +102,13 @@ async fn native_http2_and_grpc_pass_through() {
     let fx = Fixture::new();
     let gw = gateway(&fx).await;
     // gRPC to an HTTP/2 upstream keeps its trailers.
-    let io = linkerd_connect(
+    let mut send = linkerd_h2(
         &fx,
         gw.listen,
         &header(GRPC, 8080, Some(SessionProtocol::Http2)),
     )
     .await
     .unwrap();
-    let mut send = h2_over(io).await.unwrap();
     let req = Request::post(format!("http://{GRPC}:8080/grpc"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -189,14 +187,13 @@ async fn http1_session_with_websocket_upgrade_and_no_host() {
 
 /// GET /echo on web-svc over a fresh transport-header connection (http2 session).
 async fn echo_over_header(fx: &Fixture, gw: &Gateway) -> http::Response<hyper::body::Incoming> {
-    let io = linkerd_connect(
+    let mut send = linkerd_h2(
         fx,
         gw.listen,
         &header(WEB_SVC, 80, Some(SessionProtocol::Http2)),
     )
     .await
     .unwrap();
-    let mut send = h2_over(io).await.unwrap();
     send.send_request(
         Request::get(format!("http://{WEB_SVC}:80/echo"))
             .body(Full::new(Bytes::new()))
