@@ -270,8 +270,10 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // The caller's identity is read once, by the server after the handshake; here only
+        // the chain and the clientAuth usage are checked.
         self.anchors
-            .verify(end_entity, intermediates, now, Usage::Client)
+            .verify_chain(end_entity, intermediates, now, Usage::Client)
             .map_err(to_rustls)?;
         Ok(ClientCertVerified::assertion())
     }

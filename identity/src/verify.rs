@@ -90,6 +90,19 @@ impl TrustAnchors {
         now: UnixTime,
         usage: Usage,
     ) -> Result<Identity, VerifyError> {
+        self.verify_chain(leaf, intermediates, now, usage)?;
+        inspect::peer_identity(leaf)
+    }
+
+    /// The chain and usage checks of [`verify`](Self::verify) without reading the identity:
+    /// for a TLS verifier whose caller reads the identity once, after the handshake.
+    pub fn verify_chain(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> Result<(), VerifyError> {
         let ee = EndEntityCert::try_from(leaf).map_err(map_webpki)?;
         let algs = crate::tls::provider().signature_verification_algorithms.all;
         let usages: &[KeyUsage] = match usage {
@@ -106,7 +119,7 @@ impl TrustAnchors {
                     other => other,
                 })?;
         }
-        inspect::peer_identity(leaf)
+        Ok(())
     }
 
     /// [`verify`](Self::verify), then require that a DNS or URI SAN equals `expected`.

@@ -17,7 +17,13 @@ use hyper_util::{
     server::conn::auto,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    drain::Drain,
+    errors::ConnError,
+    listener::{Accepted, Listener},
+    tls::{self, FirstByte},
+};
 
 /// Ready once credentials are loaded and listeners bound; not ready again while draining.
 #[derive(Debug, Default)]
@@ -95,10 +101,8 @@ impl Admin {
     }
 }
 
-/// Serves until `shutdown` flips. Each connection is told apart by its first byte: a TLS
-/// handshake (0x16) gets mTLS for this gateway's identity, anything else plaintext; either way
-/// HTTP/1.1 or HTTP/2 prior knowledge follows.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+/// The admin server's HTTP settings: small requests, a few streams.
+fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -111,57 +115,68 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         .max_concurrent_streams(16)
         .keep_alive_interval(Some(std::time::Duration::from_secs(20)))
         .keep_alive_timeout(std::time::Duration::from_secs(10));
-    let builder = Arc::new(builder);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
+    builder
+}
+
+/// Serves the admin port until draining begins. Each connection is told apart by its first
+/// byte: a TLS handshake gets mTLS for this gateway's identity, anything else plaintext;
+/// either way HTTP/1.1 or HTTP/2 prior knowledge follows.
+pub async fn serve(listener: Listener, admin: Arc<Admin>, drain: Drain) {
+    let builder = Arc::new(builder());
+    listener
+        .run(drain.clone(), move |accepted: Accepted| {
+            let admin = admin.clone();
+            let builder = builder.clone();
+            let drain = drain.clone();
+            async move {
+                let peer = accepted.peer;
+                if let Err(e) = admin.connection(accepted, &builder, &drain).await {
+                    crate::metrics::conn_error(&e, "admin");
+                    tracing::warn!(%peer, reason = e.reason(), error = %e, "admin TLS handshake failed");
                 }
-            },
-        };
-        let admin = admin.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = {
-                let admin = admin.clone();
-                hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.respond(&req)) }
-                })
-            };
-            let mut first = [0u8; 1];
-            let tls = matches!(
-                tokio::time::timeout(admin.handshake_timeout, tcp.peek(&mut first)).await,
-                Ok(Ok(1)) if first[0] == 0x16
-            );
-            let result = if tls {
-                match crate::tls::accept(
-                    tcp,
-                    admin.tls.clone(),
-                    &admin.identity,
-                    admin.handshake_timeout,
-                )
-                .await
-                {
-                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), svc).await,
-                    Err(refused) => {
-                        crate::metrics::handshake_failure(refused.reason);
-                        tracing::warn!(%peer, reason = refused.reason, error = %refused.detail, "admin TLS handshake failed");
-                        return;
-                    }
-                }
-            } else {
-                builder.serve_connection(TokioIo::new(tcp), svc).await
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "admin connection error");
             }
-        });
+        })
+        .await
+}
+
+impl Admin {
+    async fn connection(
+        self: Arc<Self>,
+        accepted: Accepted,
+        builder: &auto::Builder<TokioExecutor>,
+        drain: &Drain,
+    ) -> Result<(), ConnError> {
+        let Accepted { tcp, peer, permit } = accepted;
+        let svc = {
+            let admin = self.clone();
+            hyper::service::service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&req)) }
+            })
+        };
+        let result = match tls::first_byte(&tcp, self.handshake_timeout).await? {
+            FirstByte::Closed => return Ok(()),
+            FirstByte::Tls => {
+                let stream =
+                    tls::accept(tcp, self.tls.clone(), &self.identity, self.handshake_timeout)
+                        .await?;
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                drain
+                    .serve_http("admin", conn, |c| c.graceful_shutdown())
+                    .await
+            }
+            FirstByte::Plaintext(_) => {
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                drain
+                    .serve_http("admin", conn, |c| c.graceful_shutdown())
+                    .await
+            }
+        };
+        if let Some(Err(e)) = result {
+            tracing::debug!(%peer, error = %e, "admin connection error");
+        }
+        drop(permit);
+        Ok(())
     }
 }
 

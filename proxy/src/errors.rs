@@ -1,28 +1,53 @@
-//! Why a request was not proxied. The `Display` strings are stable: they are the response body,
-//! the `l5d-proxy-error` header, the `error` metric label and the log message.
+//! Why the gateway refused or failed something, in one vocabulary: [`ProxyError`] for a request
+//! (or a stream's target), [`ConnError`] for a whole connection. Each variant has one stable
+//! reason string, [`ProxyError::reason`] / [`ConnError::reason`]: it is the response body, the
+//! `l5d-proxy-error` header, the `error`/`reason` metric label and the log field, so an operator
+//! can go from any one of them to the others.
 
 use http::StatusCode;
+use identity::VerifyError;
+use transport_header::DecodeError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Linkerd's wording for connections to the gateway port that are not mTLS for it.
+pub const NOT_FOR_US: &str = "direct connections must be mutually authenticated";
+
+/// Why a request (or a transport-header stream) was not proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
+    /// The name is not under `svc.<cluster-domain>` and no static route names it.
+    #[error("bad gateway domain")]
     BadDomain,
+    /// The export allow-list does not contain the service.
+    #[error("service not exported")]
     NotExported,
+    /// The caller's identity is not in the caller allow-list.
+    #[error("caller not allowed")]
     CallerDenied,
+    /// The request already passed through this gateway (or came from it).
+    #[error("gateway loop")]
     Loop,
+    #[error("missing authority")]
     NoAuthority,
+    #[error("invalid authority")]
     BadAuthority,
+    /// DNS had no answer for a cluster name: check the Service exists in this cluster.
+    #[error("name resolution failed")]
     Resolve,
+    #[error("no endpoints")]
     NoEndpoints,
+    #[error("upstream connect failed")]
     Connect,
+    #[error("upstream connect timeout")]
     ConnectTimeout,
+    #[error("upstream request failed")]
     Upstream,
+    #[error("upstream response timeout")]
     ResponseTimeout,
-    Draining,
 }
 
 impl ProxyError {
-    /// The stable reason string.
-    pub fn as_str(&self) -> &'static str {
+    /// The stable reason string (also the `Display` text).
+    pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::BadDomain => "bad gateway domain",
             ProxyError::NotExported => "service not exported",
@@ -36,7 +61,6 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "upstream connect timeout",
             ProxyError::Upstream => "upstream request failed",
             ProxyError::ResponseTimeout => "upstream response timeout",
-            ProxyError::Draining => "gateway shutting down",
         }
     }
 
@@ -49,7 +73,7 @@ impl ProxyError {
             ProxyError::Resolve | ProxyError::Connect | ProxyError::Upstream => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::NoEndpoints | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -57,14 +81,128 @@ impl ProxyError {
     /// Whether the caller's connection should be closed after this response (the loop case:
     /// a misrouted peer would only loop again).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::Loop | ProxyError::Draining)
+        matches!(self, ProxyError::Loop)
     }
 }
 
-impl std::fmt::Display for ProxyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// Why a connection was closed before anything was proxied on it. Which metric family counts
+/// it follows from the layer it failed in; see [`ConnError::family`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection refused: at the limit of {0} connections")]
+    AtLimit(usize),
+    #[error("plaintext on the mTLS port")]
+    Plaintext,
+    #[error("no TLS handshake within the timeout")]
+    HandshakeTimeout,
+    #[error("{NOT_FOR_US}: SNI {0:?} is not this gateway's identity")]
+    SniMismatch(String),
+    /// rustls refused the handshake; `reason` names the TLS or certificate problem.
+    #[error("TLS handshake failed: {detail}")]
+    Tls { reason: &'static str, detail: String },
+    #[error("the client certificate names no usable identity: {0}")]
+    NoClientIdentity(VerifyError),
+    #[error("no transport header within the timeout")]
+    TransportHeaderTimeout,
+    #[error(transparent)]
+    TransportHeader(#[from] DecodeError),
+    #[error("the transport header names no target")]
+    NoTargetName,
+    /// The stream's caller or target was refused, for the same reasons a request is.
+    #[error(transparent)]
+    Refused(#[from] ProxyError),
+}
+
+/// The metric family a [`ConnError`] is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnErrorFamily {
+    /// `gateway_connections_refused_total{reason}`: refused before any byte was read.
+    Refused,
+    /// `gateway_tls_handshake_failures_total{reason}`.
+    Handshake,
+    /// `inbound_tcp_errors_total{error}`: after the handshake, before proxying.
+    Tcp,
+}
+
+impl ConnError {
+    /// The stable reason string: the metric label and the log's `reason` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnError::AtLimit(_) => "limit",
+            ConnError::Plaintext => "plaintext",
+            ConnError::HandshakeTimeout => "timeout",
+            ConnError::SniMismatch(_) => "sni_mismatch",
+            ConnError::Tls { reason, .. } => reason,
+            ConnError::NoClientIdentity(e) => e.reason(),
+            ConnError::TransportHeaderTimeout => "transport header timeout",
+            ConnError::TransportHeader(e) => e.reason(),
+            ConnError::NoTargetName => "transport header name required",
+            ConnError::Refused(e) => e.reason(),
+        }
+    }
+
+    pub fn family(&self) -> ConnErrorFamily {
+        match self {
+            ConnError::AtLimit(_) => ConnErrorFamily::Refused,
+            ConnError::Plaintext
+            | ConnError::HandshakeTimeout
+            | ConnError::SniMismatch(_)
+            | ConnError::Tls { .. }
+            | ConnError::NoClientIdentity(_) => ConnErrorFamily::Handshake,
+            ConnError::TransportHeaderTimeout
+            | ConnError::TransportHeader(_)
+            | ConnError::NoTargetName
+            | ConnError::Refused(_) => ConnErrorFamily::Tcp,
+        }
+    }
+
+    /// From a failed rustls accept: the TLS problem's stable name when rustls says what it
+    /// was, else `io` (the caller went away mid-handshake).
+    pub fn from_tls_io(e: &std::io::Error) -> Self {
+        let reason = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(identity::tls::failure_reason)
+            .unwrap_or("io");
+        ConnError::Tls {
+            reason,
+            detail: e.to_string(),
+        }
     }
 }
 
-impl std::error::Error for ProxyError {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_the_reason() {
+        for e in [
+            ProxyError::BadDomain,
+            ProxyError::NotExported,
+            ProxyError::CallerDenied,
+            ProxyError::Loop,
+            ProxyError::NoAuthority,
+            ProxyError::BadAuthority,
+            ProxyError::Resolve,
+            ProxyError::NoEndpoints,
+            ProxyError::Connect,
+            ProxyError::ConnectTimeout,
+            ProxyError::Upstream,
+            ProxyError::ResponseTimeout,
+        ] {
+            assert_eq!(e.to_string(), e.reason());
+            let conn = ConnError::from(e);
+            assert_eq!(conn.reason(), e.reason());
+            assert_eq!(conn.family(), ConnErrorFamily::Tcp);
+        }
+    }
+
+    #[test]
+    fn header_errors_keep_their_reason() {
+        let e = ConnError::from(DecodeError::Truncated);
+        assert_eq!(e.reason(), "truncated header");
+        assert_eq!(ConnError::AtLimit(3).family(), ConnErrorFamily::Refused);
+        assert_eq!(ConnError::Plaintext.family(), ConnErrorFamily::Handshake);
+    }
+}

@@ -34,10 +34,6 @@ impl<T> CountingIo<T> {
         self.counters = Some((read, write));
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = res {
             let n = *n as u64;

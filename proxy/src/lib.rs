@@ -1,39 +1,48 @@
 //! The gateway: accepts cross-cluster mTLS on 4143, authenticates the calling workload by its
-//! certificate, and forwards each request to the local service its authority names.
+//! certificate, and forwards each request (or stream) to the local service it names. The same
+//! crate holds the `outbound` binary's proxy ([`outbound`]), the client side of that hop.
 //!
-//! Layers, one module each: [`listener`] (accept, TLS, serve) → [`http`] (policy, headers,
-//! forwarding) → [`routing`] (authority → target, balancing) → [`upstream`] (pooled clients).
-//! Beside them: [`admin`] (4191), [`metrics`], [`config`]. [`run`] wires them together.
+//! A caller's connection goes through one layer per module: [`listener`](crate::listener)
+//! (accept, permits) → `tls` (handshake, caller identity) → `inbound` (the connection's kind:
+//! HTTP or opaque, from ALPN and the transport header) → `admission` (caller, loop, target) →
+//! [`routing`] (authority → target, balancing) → `upstream` (one dialer; HTTP/1.1 pools,
+//! HTTP/2 multiplexing, raw streams). Beside them: `admin` (4191), `metrics`, [`config`] and
+//! `drain` (shutdown). [`start`] wires them together; ARCHITECTURE.md has the map.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod admin;
+mod admin;
+mod admission;
 pub mod authority;
 pub mod config;
-pub mod errors;
-pub mod http;
-pub mod io;
-pub mod listener;
+mod context;
+mod drain;
+mod errors;
+mod headers;
+mod inbound;
+mod io;
+mod listener;
 pub mod metrics;
 pub mod outbound;
-pub mod policy;
 pub mod routing;
-pub mod tls;
-pub mod transport;
-pub mod upstream;
+mod splice;
+mod tls;
+mod upstream;
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{bail, Context};
-use hyper_util::server::graceful::GracefulShutdown;
+use anyhow::Context;
 use identity::{tls as mtls, CertStore, Credentials, TrustAnchors};
-use tokio::{net::TcpListener, sync::watch};
 
+pub use crate::{drain::Drain, errors::ProxyError, listener::Listener};
 use crate::{
     admin::{Admin, Readiness},
+    admission::{CallerPattern, CallerPolicy},
     authority::Authority,
     config::Config,
-    policy::{CallerPattern, CallerPolicy},
+    context::Gateway,
+    drain::Drained,
+    inbound::{HttpLimits, HttpServers, Inbound},
     routing::{Resolver, Router, RouterConfig, Target},
     upstream::{UpstreamConfig, Upstreams},
 };
@@ -43,9 +52,9 @@ pub struct Running {
     pub listen: std::net::SocketAddr,
     pub admin_listen: std::net::SocketAddr,
     readiness: Arc<Readiness>,
-    shutdown: watch::Sender<bool>,
-    graceful: Arc<GracefulShutdown>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain: Drain,
+    /// The accept loops; they end when draining begins.
+    listeners: Vec<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
@@ -82,11 +91,8 @@ async fn build_targets(cfg: &Config) -> anyhow::Result<Vec<Arc<Target>>> {
     Ok(targets)
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
-}
+/// Most concurrent admin connections: probes and scrapes, a handful at a time.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// Loads credentials, binds both ports and starts serving; ready when this returns.
 pub async fn start(
@@ -112,7 +118,8 @@ pub async fn start(
         balancer: cfg.balancer,
         dns_ttl: cfg.dns_ttl,
     });
-    let gw = Arc::new(http::Gateway {
+    let drain = Drain::new();
+    let gw = Arc::new(Gateway {
         identity: own_id.clone(),
         router,
         upstreams: Upstreams::new(UpstreamConfig {
@@ -122,7 +129,7 @@ pub async fn start(
             max_idle_per_endpoint: 256,
         }),
         callers: CallerPolicy::new(callers),
-        connect_timeout: cfg.connect_timeout,
+        drain: drain.clone(),
         access_log: cfg.access_log,
     });
     // Server preference: a caller offering the transport header gets it.
@@ -138,23 +145,13 @@ pub async fn start(
     // The admin port's mTLS side: the service mirror's probe offers no ALPN.
     let admin_tls = Arc::new(mtls::server_config(store.clone(), &anchors, &[])?);
 
-    let listener = bind(cfg.listen, "gateway").await?;
-    let admin_listener = bind(cfg.admin_listen, "admin").await?;
+    let listener = Listener::bind(cfg.listen, "gateway", cfg.max_connections).await?;
+    let admin_listener =
+        Listener::bind(cfg.admin_listen, "admin", ADMIN_MAX_CONNECTIONS).await?;
     let listen = listener.local_addr()?;
     let admin_listen = admin_listener.local_addr()?;
 
     let readiness = Arc::new(Readiness::default());
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
-    let limits = listener::ConnLimits {
-        max_connections: cfg.max_connections,
-        handshake_timeout: cfg.handshake_timeout,
-        header_read_timeout: cfg.header_read_timeout,
-        max_header_bytes: cfg.max_header_bytes,
-        max_concurrent_streams: cfg.max_concurrent_streams,
-        header_timeout: cfg.header_timeout,
-    };
-    let mut tasks = Vec::new();
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics,
@@ -162,30 +159,32 @@ pub async fn start(
         identity: own_id.clone(),
         handshake_timeout: cfg.handshake_timeout,
     });
-    tasks.push(tokio::spawn(admin::serve(
-        admin_listener,
-        admin,
-        shutdown_rx.clone(),
-    )));
-    let watcher_source = graceful.clone();
-    tasks.push(tokio::spawn(listener::serve(
-        listener,
-        server_tls,
+    let inbound = Arc::new(Inbound {
         gw,
-        limits,
-        shutdown_rx.clone(),
-        move || watcher_source.watcher(),
-    )));
-    tokio::spawn(reload_credentials(cfg.clone(), anchors, store, shutdown_rx));
+        tls: server_tls,
+        servers: HttpServers::new(&HttpLimits {
+            header_read_timeout: cfg.header_read_timeout,
+            max_header_bytes: cfg.max_header_bytes,
+            max_concurrent_streams: cfg.max_concurrent_streams,
+        }),
+        handshake_timeout: cfg.handshake_timeout,
+        header_timeout: cfg.header_timeout,
+    });
+    let listeners = vec![
+        tokio::spawn(admin::serve(admin_listener, admin, drain.clone())),
+        tokio::spawn(listener.run(drain.clone(), move |accepted| {
+            inbound.clone().serve(accepted)
+        })),
+    ];
+    tokio::spawn(reload_credentials(cfg.clone(), anchors, store, drain.clone()));
     readiness.set(true);
     tracing::info!(%listen, %admin_listen, identity = %own_id, "gateway ready");
     Ok(Running {
         listen,
         admin_listen,
         readiness,
-        shutdown,
-        graceful,
-        tasks,
+        drain,
+        listeners,
         drain_timeout: cfg.drain_timeout,
     })
 }
@@ -196,7 +195,7 @@ async fn reload_credentials(
     cfg: Config,
     anchors: TrustAnchors,
     store: Arc<CertStore>,
-    mut shutdown: watch::Receiver<bool>,
+    drain: Drain,
 ) {
     let stamp = |cfg: &Config| {
         let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -206,7 +205,7 @@ async fn reload_credentials(
     let mut tick = tokio::time::interval(cfg.cert_reload_interval.max(Duration::from_millis(100)));
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = drain.draining() => return,
             _ = tick.tick() => {}
         }
         let now = stamp(&cfg);
@@ -231,27 +230,24 @@ async fn reload_credentials(
 
 impl Running {
     /// Not ready, stop accepting, let in-flight requests finish (HTTP/2 callers get GOAWAY)
-    /// up to the drain timeout.
+    /// and streams run on up to the drain timeout, then close what is left. Either way the
+    /// gateway has stopped when this returns.
     pub async fn drain(self) -> anyhow::Result<()> {
         self.readiness.set(false);
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let drain = self.drain.clone();
+        let timeout = self.drain_timeout;
+        let outcome = tokio::spawn(async move { drain.run(timeout).await });
+        for l in self.listeners {
+            let _ = l.await;
         }
-        // The listener task held the other reference; it has finished.
-        let graceful = Arc::try_unwrap(self.graceful)
-            .map_err(|_| anyhow::anyhow!("listener still running after shutdown"))?;
-        tracing::info!(connections = graceful.count(), timeout = ?self.drain_timeout, "draining");
-        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            bail!(
-                "drain timeout: connections still open after {:?}",
-                self.drain_timeout
-            );
+        tracing::info!(connections = self.drain.open(), ?timeout, "draining");
+        match outcome.await.context("drain task failed")? {
+            Drained::Clean => tracing::info!("drained"),
+            Drained::Closed { open } => tracing::info!(
+                closed = open,
+                "drained: closed the connections still open at the drain deadline"
+            ),
         }
-        tracing::info!("drained");
         Ok(())
     }
 }

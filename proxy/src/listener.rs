@@ -1,233 +1,253 @@
-//! The 4143 listener: bounded accept, plaintext refusal, the mTLS handshake under a timeout,
-//! then HTTP/1.1 or HTTP/2 (by ALPN) served with hyper until the connection ends or drains.
+//! One accept loop for every server the binaries run (4143, 4191, the outbound proxy): bind,
+//! accept with a connection permit, back off on resource exhaustion, stop when draining.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::Watcher},
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
 };
+
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit, Semaphore},
-};
-use transport_header::SessionProtocol;
-
-use crate::{
-    http::{handle, ConnCtx, Gateway},
-    io::CountingIo,
-    metrics::{self, ConnMetrics},
-    transport,
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 
-/// Limits on every connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    pub max_connections: usize,
-    pub handshake_timeout: Duration,
-    /// HTTP/1 keep-alive connections must send the next request's headers within this.
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_concurrent_streams: u32,
-    /// Deadline for reading a Linkerd transport header after the handshake.
-    pub header_timeout: Duration,
+use crate::{drain::Drain, errors::ConnError, metrics};
+
+/// First and longest pause after the kernel refuses an accept for lack of resources.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A bound server socket with its connection budget.
+pub struct Listener {
+    tcp: TcpListener,
+    /// For logs and the `listener` metric label: `gateway`, `admin`, `outbound`.
+    name: &'static str,
+    max_connections: usize,
+    permits: Arc<Semaphore>,
+    /// Told whenever a connection ends: after running out of file descriptors, a connection
+    /// closing is what frees one, so the loop retries then rather than only after a timer.
+    released: Arc<Notify>,
 }
 
-/// The three hyper servers a connection may get, chosen by ALPN.
-struct Servers {
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
-    either: auto::Builder<TokioExecutor>,
+/// A connection that got a permit; the permit goes back when this (or the task it moved
+/// into) is dropped.
+pub struct Accepted {
+    pub tcp: TcpStream,
+    pub peer: SocketAddr,
+    pub permit: ConnPermit,
 }
 
-fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        // Left at hyper's default of 100 headers: that array lives on the stack, while an
-        // explicit limit makes hyper allocate and zero one for every request.
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        // Answering PINGs is automatic; our own detect callers that vanished.
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true)
-        .max_pending_accept_reset_streams(Some(64));
-    b
+/// Holds one of the listener's connection slots.
+pub struct ConnPermit {
+    _permit: OwnedSemaphorePermit,
+    released: Arc<Notify>,
 }
 
-/// Accepts until `shutdown` flips, handing each connection to its own task.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    gw: Arc<Gateway>,
-    limits: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
-    watcher: impl Fn() -> Watcher,
-) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let servers = Arc::new(Servers {
-        h1: builder(&limits).http1_only(),
-        h2: builder(&limits).http2_only(),
-        either: builder(&limits),
-    });
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.released.notify_one();
+    }
+}
+
+impl Listener {
+    pub async fn bind(
+        addr: SocketAddr,
+        name: &'static str,
+        max_connections: usize,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({name})"))?;
+        Ok(Self {
+            tcp,
+            name,
+            max_connections,
+            permits: Arc::new(Semaphore::new(max_connections)),
+            released: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts until draining begins, running `serve` for each connection as a task the drain
+    /// tracks. A connection over the budget is closed at once and counted.
+    pub async fn run<S, F>(self, drain: Drain, serve: S)
+    where
+        S: Fn(Accepted) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut backoff = Backoff::default();
+        loop {
+            let accepted = tokio::select! {
+                _ = drain.draining() => break,
+                a = self.tcp.accept() => a,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(a) => {
+                    backoff.reset();
+                    a
+                }
                 Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.accept_failed(&e, &mut backoff, &drain).await;
                     continue;
                 }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::connection_refused("limit");
-            tracing::warn!(%peer, max = limits.max_connections, "connection refused: at the connection limit");
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(
-            tcp,
-            peer,
-            config.clone(),
-            gw.clone(),
-            servers.clone(),
-            limits,
-            watcher(),
-            permit,
-        ));
+            };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                let refused = ConnError::AtLimit(self.max_connections);
+                metrics::conn_error(&refused, self.name);
+                tracing::warn!(listener = self.name, %peer, reason = refused.reason(), "{refused}");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            drain.spawn(serve(Accepted {
+                tcp,
+                peer,
+                permit: ConnPermit {
+                    _permit: permit,
+                    released: self.released.clone(),
+                },
+            }));
+        }
+        tracing::info!(listener = self.name, "stopped accepting");
     }
-    tracing::info!("listener closed");
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    config: Arc<rustls::ServerConfig>,
-    gw: Arc<Gateway>,
-    servers: Arc<Servers>,
-    limits: ConnLimits,
-    watcher: Watcher,
-    _permit: OwnedSemaphorePermit,
-) {
-    // A TLS connection starts with a handshake record (0x16); anything else is refused before
-    // rustls sees it, with a hint for humans who pointed plain HTTP here.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.handshake_timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == 0x16 => {}
-        Ok(Ok(1)) => return refuse_plaintext(tcp, peer, first[0]).await,
-        Ok(_) => return,
-        Err(_) => {
-            metrics::handshake_failure("timeout");
-            tracing::warn!(%peer, "connection closed: no TLS handshake within the timeout");
+    async fn accept_failed(&self, e: &io::Error, backoff: &mut Backoff, drain: &Drain) {
+        let Some(pause) = backoff.after(e) else {
+            // The failure belonged to one connection (aborted before we took it, and the
+            // like): the next accept is unaffected.
+            tracing::debug!(listener = self.name, error = %e, "accept failed");
             return;
+        };
+        if backoff.episode_start() {
+            metrics::accept_backoff(self.name);
+            tracing::warn!(
+                listener = self.name, error = %e, open = self.max_connections - self.permits.available_permits(),
+                "cannot accept: out of resources; retrying when a connection closes"
+            );
         }
-    }
-    let local = tcp.local_addr().ok();
-    let mut tls = match crate::tls::accept(
-        CountingIo::new(tcp),
-        config,
-        &gw.identity,
-        limits.handshake_timeout,
-    )
-    .await
-    {
-        Ok(tls) => tls,
-        Err(refused) => {
-            metrics::handshake_failure(refused.reason);
-            tracing::warn!(%peer, reason = refused.reason, error = %refused.detail, "TLS handshake failed");
-            return;
+        tokio::select! {
+            _ = self.released.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = drain.draining() => {}
         }
-    };
-    let (io, session) = tls.get_mut();
-    let client_id = match session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| identity::peer_identity(c))
-    {
-        Some(Ok(id)) => id,
-        other => {
-            let reason = match other {
-                Some(Err(e)) => e.reason(),
-                _ => "no_client_cert",
-            };
-            metrics::handshake_failure(reason);
-            tracing::warn!(%peer, reason, "connection refused: no usable client identity");
-            return;
-        }
-    };
-    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let conn_metrics = ConnMetrics::accepted(client_id.as_str(), local);
-    io.attach(
-        conn_metrics.read_bytes.clone(),
-        conn_metrics.write_bytes.clone(),
-    );
-    let allowed = gw.callers.allows(&client_id);
-    if !allowed {
-        tracing::warn!(%peer, %client_id, "caller not in the allow-list; its requests get 403");
-    }
-    tracing::debug!(%peer, %client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
-    let mut ctx = ConnCtx::new(&gw, peer, client_id, allowed, conn_metrics);
-    let server = match alpn.as_deref() {
-        Some(transport_header::ALPN) => {
-            let Some(session) =
-                transport::accept(&mut tls, &gw, &mut ctx, limits.header_timeout).await
-            else {
-                return;
-            };
-            match session {
-                Some(SessionProtocol::Http2) => &servers.h2,
-                Some(SessionProtocol::Http1) => &servers.h1,
-                None => return transport::splice(tls, &gw, &ctx).await,
-            }
-        }
-        Some(b"h2") => &servers.h2,
-        Some(b"http/1.1") => &servers.h1,
-        _ => &servers.either,
-    };
-    let ctx = Arc::new(ctx);
-    let service = {
-        let ctx = ctx.clone();
-        hyper::service::service_fn(move |req| handle(gw.clone(), ctx.clone(), req))
-    };
-    let conn = server.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(conn).await {
-        ctx.metrics.set_close_error("EIO");
-        tracing::debug!(%peer, client_id = %ctx.client_id, error = %e, "connection ended with an error");
     }
 }
 
-async fn refuse_plaintext(mut tcp: TcpStream, peer: SocketAddr, first: u8) {
-    metrics::handshake_failure("plaintext");
-    tracing::warn!(%peer, "connection refused: plaintext on the mTLS port");
-    if first.is_ascii_alphabetic() {
-        let _ = tcp
-            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 31\r\n\r\nthis port requires mutual TLS\r\n")
-            .await;
-    }
-    let _ = tcp.shutdown().await;
-    // Closing with the caller's bytes unread would send RST and could destroy the response in
-    // flight; read (bounded in size and time) until the caller closes.
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        for _ in 0..16 {
-            match tcp.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+/// The accept loop's pause after a resource error: doubling from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`] while the errors last, cut short when a connection closes.
+#[derive(Debug, Default)]
+struct Backoff {
+    current: Option<Duration>,
+    since: Option<Instant>,
+}
+
+impl Backoff {
+    /// The pause before the next accept, or `None` when `e` does not call for one.
+    fn after(&mut self, e: &io::Error) -> Option<Duration> {
+        if !is_resource_exhaustion(e) {
+            return None;
         }
-    })
-    .await;
+        let next = match self.current {
+            None => BACKOFF_MIN,
+            Some(d) => (d * 2).min(BACKOFF_MAX),
+        };
+        self.current = Some(next);
+        Some(next)
+    }
+
+    /// True for the first error of a run of them (logged once, not per retry).
+    fn episode_start(&mut self) -> bool {
+        self.since.replace(self.since.unwrap_or_else(Instant::now)).is_none()
+    }
+
+    fn reset(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(after = ?since.elapsed(), "accepting again");
+        }
+        self.current = None;
+    }
+}
+
+/// Errors that say the process or the system is out of something (descriptors, buffers,
+/// memory), where accepting again at once would fail again.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_on_resource_errors_only() {
+        let mut b = Backoff::default();
+        let emfile = io::Error::from_raw_os_error(24);
+        let aborted = io::Error::from_raw_os_error(103);
+        assert_eq!(b.after(&aborted), None);
+        assert_eq!(b.after(&emfile), Some(BACKOFF_MIN));
+        assert!(b.episode_start());
+        assert_eq!(b.after(&emfile), Some(BACKOFF_MIN * 2));
+        assert!(!b.episode_start());
+        for _ in 0..20 {
+            b.after(&emfile);
+        }
+        assert_eq!(b.after(&emfile), Some(BACKOFF_MAX));
+        b.reset();
+        assert_eq!(b.after(&io::Error::from_raw_os_error(23)), Some(BACKOFF_MIN));
+        assert!(b.episode_start());
+    }
+
+    #[tokio::test]
+    async fn permits_bound_connections_and_return_on_close() {
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), "test", 1)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drain = Drain::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let served = tokio::spawn(listener.run(drain.clone(), move |a: Accepted| {
+            let tx = tx.clone();
+            async move {
+                use tokio::io::AsyncReadExt;
+                let _ = tx.send(a.peer);
+                let mut tcp = a.tcp;
+                let mut buf = [0u8; 1];
+                // Holds the permit until the client closes.
+                let _ = tcp.read(&mut buf).await;
+                drop(a.permit);
+            }
+        }));
+        let first = TcpStream::connect(addr).await.unwrap();
+        rx.recv().await.unwrap();
+        // Over the budget: accepted by the kernel, closed by the listener.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        assert!(rx.try_recv().is_err());
+        drop(first);
+        // The slot is free again.
+        let _third = TcpStream::connect(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        drop(_third);
+        let outcome = drain.run(Duration::from_secs(5)).await;
+        assert_eq!(outcome, crate::drain::Drained::Clean);
+        served.await.unwrap();
+    }
 }

@@ -6,6 +6,8 @@
 use metrics::{counter, gauge, histogram, Counter, Gauge, Label};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::errors::{ConnError, ConnErrorFamily};
+
 /// Linkerd's `response_latency_ms` bucket bounds.
 pub const LATENCY_BUCKETS_MS: [f64; 25] = [
     1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
@@ -155,11 +157,6 @@ pub fn upstream_error(error: &'static str, target_addr: &str) {
         .increment(1);
 }
 
-/// A refused or failed TCP-level gateway connection (transport header, opaque upstream).
-pub fn tcp_error(error: &'static str) {
-    counter!("inbound_tcp_errors_total", "error" => error).increment(1);
-}
-
 /// A connection that named its target in a transport header.
 pub fn transport_header_connection(protocol: &'static str, port: u16, name: &str, client_id: &str) {
     counter!(
@@ -172,12 +169,30 @@ pub fn transport_header_connection(protocol: &'static str, port: u16, name: &str
     .increment(1);
 }
 
-pub fn handshake_failure(reason: &'static str) {
-    counter!("gateway_tls_handshake_failures_total", "reason" => reason).increment(1);
+/// A connection closed before anything was proxied on it, in the family its layer reports to.
+pub fn conn_error(e: &ConnError, listener: &'static str) {
+    let reason = e.reason();
+    match e.family() {
+        ConnErrorFamily::Refused => {
+            counter!("gateway_connections_refused_total", "reason" => reason, "listener" => listener)
+                .increment(1)
+        }
+        ConnErrorFamily::Handshake => {
+            counter!("gateway_tls_handshake_failures_total", "reason" => reason).increment(1)
+        }
+        ConnErrorFamily::Tcp => counter!("inbound_tcp_errors_total", "error" => reason).increment(1),
+    }
 }
 
-pub fn connection_refused(reason: &'static str) {
-    counter!("gateway_connections_refused_total", "reason" => reason).increment(1);
+/// The accept loop ran out of resources (descriptors, buffers) and paused.
+pub fn accept_backoff(listener: &'static str) {
+    counter!("gateway_accept_backoffs_total", "listener" => listener).increment(1);
+}
+
+/// A connection or tunnel still open at the drain deadline, closed by the gateway.
+/// `kind`: `http`, `opaque`, `upgrade`, `admin` or `outbound`.
+pub fn drain_closed(kind: &'static str) {
+    counter!("gateway_drain_closed_total", "kind" => kind).increment(1);
 }
 
 pub fn cert_expiry(not_after_unix: i64, identity: &str) {

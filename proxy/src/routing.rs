@@ -1,5 +1,5 @@
 //! Where a request goes: static routes first, then cluster-DNS names resolved and cached, then
-//! nothing ("bad gateway domain"). Built once at start-up; the request path only reads it.
+//! nothing ([`ProxyError::BadDomain`]). Built once at start-up; the request path only reads it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,24 +35,18 @@ pub enum Balancer {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// `ip:port`, pre-rendered: it is the upstream URI's authority (and pool key) per request.
-    pub uri_authority: http::uri::Authority,
-    /// Idle HTTP/1.1 connections to this address.
-    pub pool: Arc<crate::upstream::Http1Pool>,
+    /// The connections kept open to this address.
+    pub pool: Arc<crate::upstream::EndpointPool>,
     outstanding: AtomicUsize,
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Result<Self, ProxyError> {
-        Ok(Self {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
             addr,
-            uri_authority: addr
-                .to_string()
-                .parse()
-                .map_err(|_| ProxyError::BadAuthority)?,
             pool: Arc::default(),
             outstanding: AtomicUsize::new(0),
-        })
+        }
     }
 
     pub fn outstanding(&self) -> usize {
@@ -83,6 +77,8 @@ pub struct Target {
     pub name: Authority,
     /// `name` as the `Host` header HTTP/1.1 upstreams get.
     pub host_header: http::HeaderValue,
+    /// `name` as the `:authority` HTTP/2 upstreams get.
+    pub uri_authority: http::uri::Authority,
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
     balancer: Balancer,
@@ -95,12 +91,13 @@ impl Target {
         addrs: &[SocketAddr],
         balancer: Balancer,
     ) -> Result<Self, ProxyError> {
-        let endpoints = addrs
-            .iter()
-            .map(|a| Endpoint::new(*a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = addrs.iter().map(|a| Endpoint::new(*a)).collect();
         Ok(Self {
             host_header: http::HeaderValue::from_str(name.as_str())
+                .map_err(|_| ProxyError::BadAuthority)?,
+            uri_authority: name
+                .as_str()
+                .parse()
                 .map_err(|_| ProxyError::BadAuthority)?,
             name,
             protocol,

@@ -594,7 +594,7 @@ async fn handshake_deadline_and_connection_cap() {
         "{m}"
     );
     assert!(
-        m.contains("gateway_connections_refused_total{reason=\"limit\"}"),
+        m.contains("gateway_connections_refused_total{reason=\"limit\",listener=\"gateway\"}"),
         "{m}"
     );
 }

@@ -287,13 +287,13 @@ async fn malformed_headers_are_refused_and_the_gateway_keeps_serving() {
             "foreign name",
             header("example.com", 80, Some(SessionProtocol::Http2)).encode(),
             false,
-            "gateway domain invalid",
+            "bad gateway domain",
         ),
         (
             "unrouted",
             header("nosuch.emojivoto.svc.example.org", 80, None).encode(),
             false,
-            "gateway domain invalid",
+            "bad gateway domain",
         ),
         (
             "no name",

@@ -47,7 +47,8 @@ pub struct Header {
     pub protocol: Option<SessionProtocol>,
 }
 
-/// Why a header was refused. Messages are stable: they are log lines and metric labels.
+/// Why a header was refused: the message tells an operator what was wrong, and
+/// [`reason`](DecodeError::reason) is the short stable string for metric labels.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("bad transport header preface")]
@@ -65,8 +66,8 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// A short, stable label for metrics.
-    pub fn label(&self) -> &'static str {
+    /// A short, stable reason for metrics and structured logs.
+    pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::BadPreface => "bad preface",
             DecodeError::TooLarge(_) => "header too large",

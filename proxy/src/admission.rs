@@ -1,6 +1,56 @@
-//! Which authenticated callers may use the gateway.
+//! Who may use the gateway, and for what: the caller check (allow-list, loop) once per
+//! connection, the target check (domain, export, route) once per stream or request, and the
+//! per-request loop check on `Forwarded`. Every refusal is a [`ProxyError`].
 
+use std::sync::Arc;
+
+use http::HeaderMap;
 use identity::Identity;
+
+use crate::{
+    authority::Authority, context::Gateway, errors::ProxyError, headers::forwarded_by,
+    routing::Target,
+};
+
+/// Once per connection: whether this caller may use the gateway at all.
+pub fn caller(gw: &Gateway, client_id: &Identity) -> Result<(), ProxyError> {
+    if !gw.callers.allows(client_id) {
+        return Err(ProxyError::CallerDenied);
+    }
+    // Our own identity calling us is a loop through another gateway sharing it.
+    if client_id == &gw.identity {
+        return Err(ProxyError::Loop);
+    }
+    Ok(())
+}
+
+/// The target a transport header names: Linkerd's rule first (only names under
+/// `svc.<cluster-domain>`), then the caller, then the router.
+pub async fn header_target(
+    gw: &Gateway,
+    caller: Result<(), ProxyError>,
+    authority: &Authority,
+) -> Result<Arc<Target>, ProxyError> {
+    if !authority.is_cluster_service(gw.router.cluster_domain()) {
+        return Err(ProxyError::BadDomain);
+    }
+    caller?;
+    gw.router.route(authority).await
+}
+
+/// Per request: the connection's caller decision, then the loop check on the request's
+/// `Forwarded` elements.
+pub fn request(
+    gw: &Gateway,
+    caller: Result<(), ProxyError>,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    caller?;
+    if forwarded_by(headers, &gw.identity) {
+        return Err(ProxyError::Loop);
+    }
+    Ok(())
+}
 
 /// An allow-list entry: an exact identity, or `*.suffix` matching any identity ending in
 /// `.suffix` (e.g. `*.emojivoto.serviceaccount.identity.linkerd.cluster.local`).

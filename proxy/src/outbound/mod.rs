@@ -27,7 +27,9 @@ use transport_header::{Header, SessionProtocol};
 
 use crate::{
     authority::Authority,
-    http::{request_authority, retarget, strip_hop_by_hop, L5D_ORIG_PROTO, L5D_PROXY_ERROR},
+    drain::Drain,
+    headers::{request_authority, retarget, strip_hop_by_hop, L5D_ORIG_PROTO, L5D_PROXY_ERROR},
+    listener::{Accepted, Listener},
 };
 
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -249,28 +251,29 @@ fn error(status: StatusCode, reason: &'static str) -> Response<Body> {
     r
 }
 
-/// Serves local plaintext clients (HTTP/1.1 or h2c) until the listener is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, outbound: Arc<Outbound>) {
+/// Serves local plaintext clients (HTTP/1.1 or h2c) until draining begins; their connections
+/// then finish the requests in flight.
+pub async fn serve(listener: Listener, outbound: Arc<Outbound>, drain: Drain) {
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
         TokioExecutor::new(),
     ));
-    loop {
-        let (tcp, src) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    listener
+        .run(drain.clone(), move |accepted: Accepted| {
+            let outbound = outbound.clone();
+            let builder = builder.clone();
+            let drain = drain.clone();
+            async move {
+                let Accepted { tcp, peer, permit } = accepted;
+                let svc = hyper::service::service_fn(move |req| outbound.clone().handle(peer, req));
+                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                if let Some(Err(e)) = drain
+                    .serve_http("outbound", conn, |c| c.graceful_shutdown())
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "client connection error");
+                }
+                drop(permit);
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let outbound = outbound.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| outbound.clone().handle(src, req));
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), svc).await {
-                tracing::debug!(%src, error = %e, "client connection error");
-            }
-        });
-    }
+        })
+        .await
 }

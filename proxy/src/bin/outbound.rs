@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 use anyhow::Context;
 use clap::Parser;
 use identity::{CertStore, Credentials, Identity, TrustAnchors};
-use proxy::{authority::Authority, outbound::Outbound};
+use proxy::{authority::Authority, outbound::Outbound, Drain, Listener};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,12 @@ struct Cli {
     /// Deadline for connecting to the gateway.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// Most concurrent local client connections.
+    #[arg(long, env = "OUTBOUND_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// How long requests in flight may finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
 }
 
 fn parse_remote(s: &str) -> anyhow::Result<(Authority, Authority)> {
@@ -82,16 +88,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         remotes,
         cli.connect_timeout,
     )?);
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cli.listen))?;
+    let listener = Listener::bind(cli.listen, "outbound", cli.max_connections).await?;
     tracing::info!(listen = %listener.local_addr()?, %gateway, identity = %creds.identity(), "outbound ready");
+    let drain = Drain::new();
+    let serving = tokio::spawn(proxy::outbound::serve(listener, outbound, drain.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = proxy::outbound::serve(listener, outbound) => {}
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
     }
+    drain.clone().run(cli.drain_timeout).await;
+    let _ = serving.await;
     Ok(())
 }
 

@@ -1,0 +1,149 @@
+//! Shutdown in two steps, shared by every listener and every connection kind.
+//!
+//! 1. *Draining* (SIGTERM): listeners stop accepting; HTTP connections finish the requests in
+//!    flight and close (HTTP/2 callers get GOAWAY); opaque streams and upgraded tunnels go on,
+//!    since they have no request boundary to stop at.
+//! 2. *Closing* (the drain deadline): whatever is still open is closed cleanly, each side of a
+//!    stream shut down (FIN, and TLS close_notify towards the caller), counted in
+//!    `gateway_drain_closed_total{kind}`.
+//!
+//! Every connection task and every tunnel task is spawned through [`Drain::spawn`], so the
+//! drain knows when the last one has ended.
+
+use std::{
+    future::Future,
+    pin::{pin, Pin},
+    time::Duration,
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long connections get to finish closing once the deadline has passed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The process-wide shutdown state. Cheap to clone: each clone is a handle to the same state.
+#[derive(Clone, Default)]
+pub struct Drain {
+    /// Cancelled at SIGTERM.
+    draining: CancellationToken,
+    /// Cancelled at the drain deadline.
+    closing: CancellationToken,
+    /// Every connection and tunnel task, so the drain can wait for the last.
+    tasks: TaskTracker,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection ended by itself before the deadline.
+    Clean,
+    /// The deadline passed; this many tasks were still open and were closed.
+    Closed { open: usize },
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `fut` as a tracked task: the drain waits for it.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(fut);
+    }
+
+    /// Resolves when draining has begun.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves when the drain deadline has passed and what is open must close now.
+    pub async fn closing(&self) {
+        self.closing.cancelled().await
+    }
+
+    /// Drives an HTTP server connection: once draining begins, `graceful` asks it to finish
+    /// the requests in flight and close; at the deadline it is dropped (and counted under
+    /// `kind`). `None` when it was cut at the deadline.
+    pub async fn serve_http<C, T>(
+        &self,
+        kind: &'static str,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> Option<T>
+    where
+        C: Future<Output = T>,
+    {
+        let mut conn = pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => return Some(r),
+            _ = self.draining() => graceful(conn.as_mut()),
+        }
+        tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = self.closing() => {
+                crate::metrics::drain_closed(kind);
+                None
+            }
+        }
+    }
+
+    /// Tasks still running.
+    pub fn open(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Begins draining, waits up to `deadline` for every task, then tells the rest to close
+    /// and gives them a moment to do it cleanly.
+    pub async fn run(self, deadline: Duration) -> Drained {
+        self.draining.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+        {
+            return Drained::Clean;
+        }
+        let open = self.tasks.len();
+        self.closing.cancel();
+        if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_open = self.tasks.len(),
+                "connections did not close within {CLOSE_GRACE:?} of the drain deadline"
+            );
+        }
+        Drained::Closed { open }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clean_when_tasks_end_and_closed_at_the_deadline() {
+        let drain = Drain::new();
+        let d = drain.clone();
+        drain.spawn(async move { d.draining().await });
+        assert_eq!(drain.clone().run(Duration::from_secs(5)).await, Drained::Clean);
+
+        let drain = Drain::new();
+        let d = drain.clone();
+        // A tunnel: ignores draining, ends only when told to close.
+        drain.spawn(async move { d.closing().await });
+        let started = tokio::time::Instant::now();
+        let outcome = drain.clone().run(Duration::from_millis(100)).await;
+        assert_eq!(outcome, Drained::Closed { open: 1 });
+        assert_eq!(drain.open(), 0);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,240 @@
+//! Header names and rewriting rules both sides of the proxy follow: hop-by-hop stripping,
+//! request targets, `l5d-orig-proto`, the loop check's reading of `Forwarded`.
+
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Request, Uri, Version,
+};
+use identity::Identity;
+
+use crate::{authority::Authority, errors::ProxyError};
+
+pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
+pub const L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
+/// Set by a Linkerd source proxy that upgraded an HTTP/1 request to HTTP/2 for the hop.
+pub const L5D_ORIG_PROTO: HeaderName = HeaderName::from_static("l5d-orig-proto");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// `HTTP/1.1` or `HTTP/1.0`, optionally followed by `; absolute-form`.
+pub fn parse_orig_proto(v: &HeaderValue) -> Option<Version> {
+    let s = v.to_str().ok()?;
+    let proto = s.split(';').next()?.trim();
+    match proto {
+        "HTTP/1.1" => Some(Version::HTTP_11),
+        "HTTP/1.0" => Some(Version::HTTP_10),
+        _ => None,
+    }
+}
+
+/// `/path?query`: the request target an origin server expects.
+pub fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// `http://<authority><path?query>`: the same request, aimed elsewhere.
+pub fn retarget(uri: &Uri, authority: http::uri::Authority) -> Result<Uri, http::Error> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+}
+
+/// `:authority` for HTTP/2 and absolute-form requests, else `Host`.
+pub fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Authority::parse(a.as_str());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .ok_or(ProxyError::NoAuthority)?;
+    Authority::parse(host.to_str().map_err(|_| ProxyError::BadAuthority)?)
+}
+
+/// Whether any `Forwarded` element says it was forwarded `by` this gateway already.
+pub fn forwarded_by(headers: &HeaderMap, own: &Identity) -> bool {
+    headers
+        .get_all(FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("by")
+                && v.trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case(own.as_str())
+        })
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+/// Whether `name` is one of the headers [`strip_hop_by_hop`] may remove.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` on an upgrade and `TE:
+/// trailers` (which gRPC needs end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the few names present is cheaper than
+    // a hash lookup for each of the nine names.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn loop_detection_reads_every_forwarded_element() {
+        let own = Identity::parse("gw.ns.serviceaccount.identity.linkerd.cluster.local").unwrap();
+        let mut h = HeaderMap::new();
+        h.append(FORWARDED, HeaderValue::from_static("for=a;by=other"));
+        assert!(!forwarded_by(&h, &own));
+        h.append(
+            FORWARDED,
+            HeaderValue::from_static(
+                "for=x, by=\"gw.ns.serviceaccount.identity.linkerd.cluster.local\";proto=https",
+            ),
+        );
+        assert!(forwarded_by(&h, &own));
+    }
+
+    #[test]
+    fn orig_proto_values() {
+        for (v, want) in [
+            ("HTTP/1.1", Some(Version::HTTP_11)),
+            ("HTTP/1.1; absolute-form", Some(Version::HTTP_11)),
+            ("HTTP/1.0", Some(Version::HTTP_10)),
+            ("HTTP/1.0; absolute-form", Some(Version::HTTP_10)),
+            ("HTTP/2", None),
+            ("junk", None),
+        ] {
+            assert_eq!(parse_orig_proto(&HeaderValue::from_static(v)), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn authority_from_uri_or_host() {
+        let r = Request::get("http://web-svc.emojivoto.svc.cluster.local/x")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_authority(&r).unwrap().as_str(),
+            "web-svc.emojivoto.svc.cluster.local:80"
+        );
+        let r = Request::get("/x")
+            .header("host", "Web-Svc.emojivoto.svc.cluster.local:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            request_authority(&r).unwrap().as_str(),
+            "web-svc.emojivoto.svc.cluster.local:8080"
+        );
+        let r = Request::get("/x").body(()).unwrap();
+        assert_eq!(request_authority(&r).unwrap_err(), ProxyError::NoAuthority);
+    }
+}

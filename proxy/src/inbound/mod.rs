@@ -1,0 +1,138 @@
+//! The gateway port (4143): one caller's connection from accept to close.
+//!
+//! plaintext refusal → TLS ([`crate::tls`]) → caller identity → [`Session::detect`] → the
+//! kind's serving function: [`http::serve`] or [`opaque::serve`]. A refusal at any step is a
+//! [`ConnError`]: logged once with the caller's address (and identity, once known), counted,
+//! and the connection closed.
+
+mod http;
+mod opaque;
+mod session;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+pub use self::http::{HttpLimits, HttpServers};
+use self::session::Session;
+use crate::{
+    context::{ConnCtx, Gateway},
+    errors::{ConnError, ConnErrorFamily},
+    io::CountingIo,
+    listener::Accepted,
+    metrics::{self, ConnMetrics},
+    tls::{self, FirstByte},
+};
+
+/// What the gateway port needs besides the shared [`Gateway`].
+pub struct Inbound {
+    pub gw: Arc<Gateway>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub servers: HttpServers,
+    pub handshake_timeout: Duration,
+    /// Deadline for a Linkerd transport header after the handshake.
+    pub header_timeout: Duration,
+}
+
+impl Inbound {
+    /// Serves one accepted connection to its end.
+    pub async fn serve(self: Arc<Self>, accepted: Accepted) {
+        let Accepted { tcp, peer, permit } = accepted;
+        let mut caller = None;
+        if let Err(e) = self.connection(tcp, peer, &mut caller).await {
+            metrics::conn_error(&e, "gateway");
+            let client_id = caller.as_ref().map(|c: &identity::Identity| c.as_str());
+            match e.family() {
+                ConnErrorFamily::Tcp => {
+                    tracing::warn!(%peer, client_id, reason = e.reason(), error = %e, "transport header refused; connection closed")
+                }
+                ConnErrorFamily::Handshake => {
+                    tracing::warn!(%peer, client_id, reason = e.reason(), error = %e, "TLS handshake failed")
+                }
+                ConnErrorFamily::Refused => {
+                    tracing::warn!(%peer, reason = e.reason(), error = %e, "connection refused")
+                }
+            }
+        }
+        drop(permit);
+    }
+
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        caller: &mut Option<identity::Identity>,
+    ) -> Result<(), ConnError> {
+        match tls::first_byte(&tcp, self.handshake_timeout).await? {
+            FirstByte::Tls => {}
+            FirstByte::Closed => return Ok(()),
+            FirstByte::Plaintext(b) => {
+                refuse_plaintext(tcp, b).await;
+                return Err(ConnError::Plaintext);
+            }
+        }
+        let local = tcp.local_addr().ok();
+        let gw = &self.gw;
+        let mut stream = tls::accept(
+            CountingIo::new(tcp),
+            self.tls.clone(),
+            &gw.identity,
+            self.handshake_timeout,
+        )
+        .await?;
+        let (io, session) = stream.get_mut();
+        let client_id = tls::client_identity(session)?;
+        *caller = Some(client_id.clone());
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let conn_metrics = ConnMetrics::accepted(client_id.as_str(), local);
+        io.attach(
+            conn_metrics.read_bytes.clone(),
+            conn_metrics.write_bytes.clone(),
+        );
+        let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics);
+        if let Err(e) = ctx.admitted {
+            tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());
+        }
+        tracing::debug!(%peer, client_id = %ctx.client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
+        match Session::detect(
+            &mut stream,
+            alpn.as_deref(),
+            gw,
+            &ctx,
+            self.header_timeout,
+        )
+        .await?
+        {
+            Session::Http { version, target } => {
+                http::serve(stream, &self.servers, version, gw.clone(), ctx, target).await;
+                Ok(())
+            }
+            Session::Opaque { target } => opaque::serve(stream, gw, &ctx, target).await,
+        }
+    }
+}
+
+/// Answers HTTP clients that pointed plain HTTP at the mTLS port with a hint, then closes.
+async fn refuse_plaintext(mut tcp: TcpStream, first: u8) {
+    if first.is_ascii_alphabetic() {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 31\r\n\r\nthis port requires mutual TLS\r\n")
+            .await;
+    }
+    let _ = tcp.shutdown().await;
+    // Closing with the caller's bytes unread would send RST and could destroy the response in
+    // flight; read (bounded in size and time) until the caller closes.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for _ in 0..16 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}

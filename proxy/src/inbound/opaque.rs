@@ -1,0 +1,52 @@
+//! Opaque TCP to the target a transport header named: one endpoint, bytes both ways.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    context::{ConnCtx, Gateway},
+    errors::ConnError,
+    routing::Target,
+    splice::{splice, Spliced},
+};
+
+/// Connects to one of the target's endpoints and joins the caller's stream to it until both
+/// sides are done (or the drain deadline closes them).
+pub async fn serve<IO>(
+    mut io: IO,
+    gw: &Gateway,
+    conn: &ConnCtx,
+    target: Arc<Target>,
+) -> Result<(), ConnError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let inflight = target.pick()?;
+    let addr = inflight.endpoint().addr;
+    let mut upstream = gw.upstreams.connect(addr).await.inspect_err(|e| {
+        tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");
+    })?;
+    let started = Instant::now();
+    match splice(&mut io, &mut upstream, &gw.drain, "opaque").await {
+        Spliced::Done { a_to_b, b_to_a } => {
+            if gw.access_log {
+                tracing::info!(
+                    target: "access",
+                    client_id = %conn.client_id, tls = true, authority = %target.name, protocol = "opaque",
+                    bytes_in = a_to_b, bytes_out = b_to_a, duration_ms = started.elapsed().as_millis() as u64,
+                    upstream = %addr, peer = %conn.peer,
+                );
+            }
+        }
+        Spliced::Failed(e) => {
+            conn.metrics.set_close_error("EIO");
+            tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, error = %e, "opaque stream ended with an error");
+        }
+        Spliced::ClosedByDrain => {
+            tracing::info!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, "opaque stream closed at the drain deadline");
+        }
+    }
+    drop(inflight);
+    Ok(())
+}

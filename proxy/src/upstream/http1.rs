@@ -1,0 +1,306 @@
+//! HTTP/1.1 to an endpoint: a small pool of connections, each driven by the task of the
+//! request using it.
+//!
+//! The caller's connection task writes the request, reads the response and streams its body,
+//! with no connection task of its own and no channel hop in between: one task wake-up per
+//! request instead of three, and a request's two sockets stay on one core. A connection goes
+//! back to the pool once its response body has been read to the end; a body abandoned half-way
+//! closes it.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::{pin, Pin},
+    sync::{Arc, Mutex},
+    task::{ready, Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, TrySendError},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{EndpointPool, Shared};
+use crate::errors::ProxyError;
+
+/// A pooled connection re-used this many times in a row without getting a request through
+/// (each closed by the server just before) makes the next attempt use a new connection.
+const MAX_STALE_RETRIES: usize = 3;
+
+/// Sends `req` to `addr` over an idle connection from `pool` (or a new one) and waits for
+/// response headers. The body of the response drives the connection and returns it to the
+/// pool when it has been read to the end.
+pub(super) async fn send(
+    shared: &Arc<Shared>,
+    pool: &Arc<EndpointPool>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let mut req = req;
+    let mut stale = 0;
+    loop {
+        let pooled = if stale < MAX_STALE_RETRIES {
+            pool.http1.checkout(shared.cfg.idle_timeout)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            // Boxed: connecting is the cold path, and its future would otherwise enlarge
+            // every request's future, which HTTP/2 callers' streams copy into a task each.
+            None => Box::pin(connect(shared, addr)).await?,
+        };
+        let sent = conn.tx.try_send_request(req);
+        match drive(&mut conn, sent).await {
+            Ok(resp) => {
+                let lease = Lease {
+                    conn,
+                    pool: pool.clone(),
+                    shared: shared.clone(),
+                };
+                return Ok(resp.map(|b| UpstreamBody::pooled(b, lease)));
+            }
+            Err(mut e) => match e.take_message() {
+                // The server closed an idle connection as we picked it: the request never
+                // left, so it is safe to send on another.
+                Some(back) if reused => {
+                    tracing::debug!(%addr, error = %e.error(), "pooled connection was closed; retrying");
+                    req = back;
+                    stale += 1;
+                }
+                _ => {
+                    tracing::debug!(%addr, error = %e.error(), "upstream request failed");
+                    return Err(ProxyError::Upstream);
+                }
+            },
+        }
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols gets a connection of its own, driven by its
+/// own task so it can hand over its socket once the upstream agrees.
+pub(super) async fn send_upgrade(
+    shared: &Shared,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let stream = shared.dialer.connect(addr).await?;
+    let (mut tx, io) = shared
+        .http1
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProxyError::Upstream)?;
+    tokio::spawn(async move {
+        if let Err(e) = io.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upgraded upstream connection failed");
+        }
+    });
+    let resp = tx.send_request(req).await.map_err(|e| {
+        tracing::debug!(%addr, error = %e, "upstream upgrade request failed");
+        ProxyError::Upstream
+    })?;
+    Ok(resp.map(UpstreamBody::unpooled))
+}
+
+/// Boxed: hyper's connection state is large, and a connection moves between the pool, a
+/// request future and a response body several times per request.
+async fn connect(shared: &Shared, addr: SocketAddr) -> Result<Box<Conn>, ProxyError> {
+    let stream = shared.dialer.connect(addr).await?;
+    let (tx, io) = shared
+        .http1
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProxyError::Upstream)?;
+    Ok(Box::new(Conn {
+        tx,
+        io,
+        ended: false,
+    }))
+}
+
+type Http1Io = http1::Connection<TokioIo<TcpStream>, Incoming>;
+type SendResult = Result<Response<Incoming>, TrySendError<Request<Incoming>>>;
+
+/// One HTTP/1.1 connection to an endpoint: the request side and the state machine that
+/// moves bytes, which whoever holds the connection polls.
+pub(super) struct Conn {
+    tx: http1::SendRequest<Incoming>,
+    io: Http1Io,
+    /// Set once `io` has finished (closed or failed); it is never polled again.
+    ended: bool,
+}
+
+impl Conn {
+    /// Moves bytes; ready once the connection has ended.
+    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ended {
+            return Poll::Ready(());
+        }
+        let r = ready!(Pin::new(&mut self.io).poll(cx));
+        self.ended = true;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "upstream connection failed");
+        }
+        Poll::Ready(())
+    }
+
+    /// Polls the connection once without being woken later: for a connection nobody is
+    /// waiting on, this is how a close or an error that arrived meanwhile is noticed.
+    /// True when the connection can carry another request.
+    fn reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_io(&mut cx).is_pending() && self.tx.is_ready()
+    }
+}
+
+/// Polls the connection and the response together until response headers arrive. Both
+/// run in the calling task; the connection wakes it when the socket is ready.
+async fn drive(conn: &mut Conn, sent: impl Future<Output = SendResult>) -> SendResult {
+    let mut sent = pin!(sent);
+    std::future::poll_fn(|cx| {
+        // The connection goes first: it writes the request and, with luck, reads the
+        // response in the same turn, so `sent` is ready when polled next. Once the
+        // connection has ended, hyper has answered `sent` (with its error, or with a
+        // response it read before the server closed).
+        let _ = conn.poll_io(cx);
+        sent.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Idle HTTP/1.1 connections to one endpoint, most recently used last.
+#[derive(Default)]
+pub(super) struct Http1Idle {
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+impl Http1Idle {
+    fn checkout(&self, idle_timeout: Duration) -> Option<Box<Conn>> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let c = idle.pop()?;
+                if c.since.elapsed() > idle_timeout {
+                    // Older entries sit below this one: all of them have expired too.
+                    idle.clear();
+                    return None;
+                }
+                c
+            };
+            let mut conn = candidate.conn;
+            if conn.reusable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    pub(super) fn put(&self, conn: Box<Conn>, max_idle: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < max_idle {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Idle connections now held.
+    pub(super) fn len(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+
+    pub(super) fn expire(&self, idle_timeout: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|c| c.since.elapsed() <= idle_timeout);
+    }
+}
+
+/// A pooled connection on loan to one response.
+struct Lease {
+    conn: Box<Conn>,
+    pool: Arc<EndpointPool>,
+    shared: Arc<Shared>,
+}
+
+/// A response body from an upstream. For HTTP/1.1 it also carries the connection the body
+/// arrives on, polls it as the body is read, and returns it to its pool when done.
+pub struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    pub(super) fn unpooled(inner: Incoming) -> Self {
+        Self {
+            inner,
+            lease: None,
+            ended: false,
+        }
+    }
+
+    fn pooled(inner: Incoming, lease: Lease) -> Self {
+        Self {
+            inner,
+            lease: Some(lease),
+            ended: false,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(lease) = &mut this.lease {
+            // The connection fills `inner`; without this poll nothing would arrive. Once it
+            // has ended, what it delivered is already queued in `inner`.
+            if lease.conn.poll_io(cx).is_ready() {
+                this.lease = None;
+            }
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() {
+            this.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        // A body read to the end (hyper stops at the declared length without asking for the
+        // end) leaves the connection at a message boundary; anything else closes it.
+        if (self.ended || self.inner.is_end_stream()) && lease.conn.reusable() {
+            lease.pool.put_http1(lease.conn, &lease.shared);
+        }
+    }
+}

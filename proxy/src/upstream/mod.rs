@@ -1,0 +1,193 @@
+//! Connections to local endpoints, by what they carry: pooled HTTP/1.1 ([`http1`]),
+//! multiplexed HTTP/2 ([`http2`]), and raw streams for upgrades and opaque TCP, all opened by
+//! one [`Dialer`] under one connect timeout. Response headers are awaited under the response
+//! timeout; bodies stream for as long as they last.
+
+mod dial;
+mod http1;
+mod http2;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpStream;
+
+pub use self::{dial::Dialer, http1::UpstreamBody};
+use crate::errors::ProxyError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// How long to wait for response headers (bodies stream for as long as they last).
+    pub response_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_endpoint: usize,
+}
+
+/// How often idle connections past their idle timeout are closed.
+fn sweep_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+#[derive(Clone)]
+pub struct Upstreams {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cfg: UpstreamConfig,
+    dialer: Dialer,
+    http1: hyper::client::conn::http1::Builder,
+    http2: hyper::client::conn::http2::Builder<TokioExecutor>,
+    /// Every endpoint pool that has held a connection, for the sweeper.
+    pools: Mutex<Vec<Weak<EndpointPool>>>,
+}
+
+/// The connections kept to one endpoint address.
+#[derive(Default)]
+pub struct EndpointPool {
+    http1: http1::Http1Idle,
+    http2: http2::Http2Slot,
+    /// Set once the pool is on the sweeper's list.
+    registered: AtomicBool,
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("http1_idle", &self.http1.len())
+            .field("http2_open", &self.http2.is_open())
+            .finish()
+    }
+}
+
+impl EndpointPool {
+    fn register(self: &Arc<Self>, shared: &Shared) {
+        if !self.registered.swap(true, Ordering::Relaxed) {
+            shared
+                .pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::downgrade(self));
+        }
+    }
+
+    fn put_http1(self: &Arc<Self>, conn: Box<http1::Conn>, shared: &Shared) {
+        self.register(shared);
+        self.http1.put(conn, shared.cfg.max_idle_per_endpoint);
+    }
+
+    fn expire(&self, idle_timeout: Duration) {
+        self.http1.expire(idle_timeout);
+        self.http2.expire(idle_timeout);
+    }
+}
+
+impl Upstreams {
+    /// Inside a Tokio runtime this also starts the task that closes expired idle connections.
+    pub fn new(cfg: UpstreamConfig) -> Self {
+        let shared = Arc::new(Shared {
+            cfg,
+            dialer: Dialer {
+                connect_timeout: cfg.connect_timeout,
+            },
+            http1: hyper::client::conn::http1::Builder::new(),
+            http2: http2::builder(),
+            pools: Mutex::new(Vec::new()),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep(Arc::downgrade(&shared)));
+        }
+        Self { shared }
+    }
+
+    /// A plain stream to `addr`, for opaque TCP.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+        self.shared.dialer.connect(addr).await
+    }
+
+    /// Sends `req` over the endpoint's multiplexed HTTP/2 connection (opened if need be) and
+    /// waits for response headers.
+    pub async fn send_http2(
+        &self,
+        pool: &Arc<EndpointPool>,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let shared = &self.shared;
+        let attempt = async {
+            let mut sender = pool.http2.sender(shared, addr).await?;
+            pool.register(shared);
+            sender.send_request(req).await.map_err(|e| {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 request failed");
+                ProxyError::Upstream
+            })
+        };
+        match tokio::time::timeout(shared.cfg.response_timeout, attempt).await {
+            Err(_) => Err(ProxyError::ResponseTimeout),
+            Ok(r) => r.map(|resp| resp.map(UpstreamBody::unpooled)),
+        }
+    }
+
+    /// Sends `req` over a pooled HTTP/1.1 connection to `addr` and waits for response
+    /// headers; the response body returns the connection to the pool.
+    pub async fn send_http1(
+        &self,
+        pool: &Arc<EndpointPool>,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let attempt = http1::send(&self.shared, pool, addr, req);
+        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
+            Err(_) => Err(ProxyError::ResponseTimeout),
+            Ok(r) => r,
+        }
+    }
+
+    /// An HTTP/1.1 upgrade request, on a connection of its own.
+    pub async fn send_upgrade(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let attempt = http1::send_upgrade(&self.shared, addr, req);
+        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
+            Err(_) => Err(ProxyError::ResponseTimeout),
+            Ok(r) => r,
+        }
+    }
+}
+
+/// Closes idle connections past their timeout, so an endpoint that stops getting requests
+/// does not hold sockets (and the server's half-closed ends) forever.
+async fn sweep(shared: Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(s) => sweep_interval(s.cfg.idle_timeout),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let live: Vec<Arc<EndpointPool>> = {
+            let mut pools = shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.retain(|p| p.strong_count() > 0);
+            pools.iter().filter_map(Weak::upgrade).collect()
+        };
+        for pool in live {
+            pool.expire(shared.cfg.idle_timeout);
+        }
+    }
+}
