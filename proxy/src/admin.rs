@@ -157,9 +157,13 @@ impl Admin {
         let result = match tls::first_byte(&tcp, self.handshake_timeout).await? {
             FirstByte::Closed => return Ok(()),
             FirstByte::Tls => {
-                let stream =
-                    tls::accept(tcp, self.tls.clone(), &self.identity, self.handshake_timeout)
-                        .await?;
+                let stream = tls::accept(
+                    tcp,
+                    self.tls.clone(),
+                    &self.identity,
+                    self.handshake_timeout,
+                )
+                .await?;
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 drain
                     .serve_http("admin", conn, |c| c.graceful_shutdown())

@@ -134,7 +134,10 @@ mod tests {
         let drain = Drain::new();
         let d = drain.clone();
         drain.spawn(async move { d.draining().await });
-        assert_eq!(drain.clone().run(Duration::from_secs(5)).await, Drained::Clean);
+        assert_eq!(
+            drain.clone().run(Duration::from_secs(5)).await,
+            Drained::Clean
+        );
 
         let drain = Drain::new();
         let d = drain.clone();

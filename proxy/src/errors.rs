@@ -99,7 +99,10 @@ pub enum ConnError {
     SniMismatch(String),
     /// rustls refused the handshake; `reason` names the TLS or certificate problem.
     #[error("TLS handshake failed: {detail}")]
-    Tls { reason: &'static str, detail: String },
+    Tls {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("the client certificate names no usable identity: {0}")]
     NoClientIdentity(VerifyError),
     #[error("no transport header within the timeout")]

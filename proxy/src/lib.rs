@@ -34,7 +34,6 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use identity::{tls as mtls, CertStore, Credentials, TrustAnchors};
 
-pub use crate::{drain::Drain, errors::ProxyError, listener::Listener};
 use crate::{
     admin::{Admin, Readiness},
     admission::{CallerPattern, CallerPolicy},
@@ -46,6 +45,7 @@ use crate::{
     routing::{Resolver, Router, RouterConfig, Target},
     upstream::{UpstreamConfig, Upstreams},
 };
+pub use crate::{drain::Drain, errors::ProxyError, listener::Listener};
 
 /// A started gateway: its bound addresses and the means to stop it.
 pub struct Running {
@@ -146,8 +146,7 @@ pub async fn start(
     let admin_tls = Arc::new(mtls::server_config(store.clone(), &anchors, &[])?);
 
     let listener = Listener::bind(cfg.listen, "gateway", cfg.max_connections).await?;
-    let admin_listener =
-        Listener::bind(cfg.admin_listen, "admin", ADMIN_MAX_CONNECTIONS).await?;
+    let admin_listener = Listener::bind(cfg.admin_listen, "admin", ADMIN_MAX_CONNECTIONS).await?;
     let listen = listener.local_addr()?;
     let admin_listen = admin_listener.local_addr()?;
 
@@ -176,7 +175,12 @@ pub async fn start(
             inbound.clone().serve(accepted)
         })),
     ];
-    tokio::spawn(reload_credentials(cfg.clone(), anchors, store, drain.clone()));
+    tokio::spawn(reload_credentials(
+        cfg.clone(),
+        anchors,
+        store,
+        drain.clone(),
+    ));
     readiness.set(true);
     tracing::info!(%listen, %admin_listen, identity = %own_id, "gateway ready");
     Ok(Running {

@@ -163,7 +163,9 @@ impl Backoff {
 
     /// True for the first error of a run of them (logged once, not per retry).
     fn episode_start(&mut self) -> bool {
-        self.since.replace(self.since.unwrap_or_else(Instant::now)).is_none()
+        self.since
+            .replace(self.since.unwrap_or_else(Instant::now))
+            .is_none()
     }
 
     fn reset(&mut self) {
@@ -203,7 +205,10 @@ mod tests {
         }
         assert_eq!(b.after(&emfile), Some(BACKOFF_MAX));
         b.reset();
-        assert_eq!(b.after(&io::Error::from_raw_os_error(23)), Some(BACKOFF_MIN));
+        assert_eq!(
+            b.after(&io::Error::from_raw_os_error(23)),
+            Some(BACKOFF_MIN)
+        );
         assert!(b.episode_start());
     }
 

@@ -15,7 +15,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Spliced {
     /// Both sides closed their writing half; bytes copied each way.
-    Done { a_to_b: u64, b_to_a: u64 },
+    Done {
+        a_to_b: u64,
+        b_to_a: u64,
+    },
     Failed(io::Error),
     /// Still open at the drain deadline; both sides were shut down.
     ClosedByDrain,

@@ -386,3 +386,118 @@ async fn the_service_mirror_probe_gets_200_over_mtls_http2_and_plaintext() {
             .is_err()
     );
 }
+
+/// A TCP server that keeps each connection open until the peer closes its side, and reports
+/// on `saw_eof` when that happens: a stand-in for a long-lived opaque stream's upstream.
+async fn holding_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                if tcp.read_to_end(&mut sink).await.is_ok() {
+                    let _ = tx.send(());
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads until EOF (or an error after close_notify), within five seconds.
+async fn sees_eof(io: &mut ClientTls) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
+            Ok(Ok(0)) => return true,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return e.kind() == std::io::ErrorKind::UnexpectedEof,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_opaque_and_upgraded_streams_at_the_deadline_and_exits_0() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let (hold, mut upstream_eof) = holding_server().await;
+    const HOLD: &str = "hold.emojivoto.svc.cluster.local";
+    let mut gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &format!("{WEB_SVC}:80={backend}"),
+            "--route",
+            &format!("{HOLD}:7={hold}"),
+            "--drain-timeout",
+            "1s",
+        ],
+    );
+    // An opaque stream that stays open and idle.
+    let mut opaque = linkerd_connect(&fx, gw.listen, &header(HOLD, 7, None))
+        .await
+        .unwrap();
+    opaque.write_all(b"hello").await.unwrap();
+    // A websocket tunnel, open and idle after one exchange.
+    let mut ws = linkerd_connect(
+        &fx,
+        gw.listen,
+        &header(WEB_SVC, 80, Some(SessionProtocol::Http1)),
+    )
+    .await
+    .unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head_and_some(&mut ws).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    ws.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    gw.signal("TERM");
+    // Both streams are closed cleanly after the 1 s deadline, each side getting its FIN.
+    assert!(sees_eof(&mut opaque).await, "opaque stream not closed");
+    assert!(sees_eof(&mut ws).await, "websocket tunnel not closed");
+    tokio::time::timeout(Duration::from_secs(5), upstream_eof.recv())
+        .await
+        .expect("the opaque upstream saw no FIN")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed before the deadline: {waited:?}"
+    );
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = gw.wait(Duration::from_secs(10));
+        (code, gw.log_text())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("opaque stream closed at the drain deadline"),
+        "{log}"
+    );
+    assert!(
+        log.contains("upgraded stream closed at the drain deadline"),
+        "{log}"
+    );
+    assert!(
+        log.contains("drained: closed the connections still open"),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+}

@@ -23,9 +23,8 @@ use crate::{
     context::{ConnCtx, Gateway},
     errors::ProxyError,
     headers::{
-        is_upgrade, origin_form, parse_orig_proto, request_authority, retarget,
-        strip_hop_by_hop, FORWARDED, L5D_CLIENT_ID, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
-        L5D_PROXY_ERROR,
+        is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
+        FORWARDED, L5D_CLIENT_ID, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION, L5D_PROXY_ERROR,
     },
     metrics,
     routing::{Protocol, Target},
@@ -324,4 +323,3 @@ async fn proxy(
     }
     Ok(resp.map(Either::Left))
 }
-

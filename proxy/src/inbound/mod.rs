@@ -97,15 +97,7 @@ impl Inbound {
             tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());
         }
         tracing::debug!(%peer, client_id = %ctx.client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
-        match Session::detect(
-            &mut stream,
-            alpn.as_deref(),
-            gw,
-            &ctx,
-            self.header_timeout,
-        )
-        .await?
-        {
+        match Session::detect(&mut stream, alpn.as_deref(), gw, &ctx, self.header_timeout).await? {
             Session::Http { version, target } => {
                 http::serve(stream, &self.servers, version, gw.clone(), ctx, target).await;
                 Ok(())

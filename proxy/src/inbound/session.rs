@@ -7,9 +7,13 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use transport_header::{DecodeError, Header, SessionProtocol, PREFACE};
 
 use crate::{
-    admission, authority::Authority, context::ConnCtx, context::Gateway,
+    admission,
+    authority::Authority,
+    context::ConnCtx,
+    context::Gateway,
     errors::{ConnError, ProxyError},
-    metrics, routing::Target,
+    metrics,
+    routing::Target,
 };
 
 /// The kind of a caller's connection; each kind has one serving function.
@@ -132,7 +136,10 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_is_not_a_header() {
         let cases: Vec<(Vec<u8>, DecodeError)> = vec![
-            (b"GET / HTTP/1.1\r\nhost: x\r\n\r\n\0\0\0\0".to_vec(), DecodeError::BadPreface),
+            (
+                b"GET / HTTP/1.1\r\nhost: x\r\n\r\n\0\0\0\0".to_vec(),
+                DecodeError::BadPreface,
+            ),
             (PREFACE[..10].to_vec(), DecodeError::Truncated),
             (
                 [PREFACE, &(1u32 << 20).to_be_bytes()[..]].concat(),

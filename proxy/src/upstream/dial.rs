@@ -18,20 +18,19 @@ pub struct Dialer {
 
 impl Dialer {
     pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-        {
-            Err(_) => return Err(ProxyError::ConnectTimeout),
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "upstream connect failed");
-                return Err(if e.kind() == std::io::ErrorKind::TimedOut {
-                    ProxyError::ConnectTimeout
-                } else {
-                    ProxyError::Connect
-                });
-            }
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => return Err(ProxyError::ConnectTimeout),
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "upstream connect failed");
+                    return Err(if e.kind() == std::io::ErrorKind::TimedOut {
+                        ProxyError::ConnectTimeout
+                    } else {
+                        ProxyError::Connect
+                    });
+                }
+                Ok(Ok(s)) => s,
+            };
         // Requests are written whole; Nagle would only hold the last segment back.
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
@@ -54,12 +53,12 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        assert_eq!(
-            dialer.connect(free).await.unwrap_err(),
-            ProxyError::Connect
-        );
+        assert_eq!(dialer.connect(free).await.unwrap_err(), ProxyError::Connect);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let ok = dialer.connect(listener.local_addr().unwrap()).await.unwrap();
+        let ok = dialer
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         assert!(ok.nodelay().unwrap());
     }
 }
