@@ -270,7 +270,7 @@ pub fn issue_leaf(issuer: &Signer, identity: &Identity, opts: LeafOptions) -> Re
 }
 
 /// A whole mesh PKI in memory: anchor, issuer, and leaves on demand. The demo and the test
-/// suites build on it; files come from [`Pki::write_anchor`] and [`Generated::write`].
+/// suites build on it; files come from [`Generated::write`].
 pub struct Pki {
     pub anchor: Generated,
     pub issuer: Generated,

@@ -50,7 +50,7 @@ pub struct Cli {
     /// Static route AUTHORITY=[h2://]HOST:PORT[,HOST:PORT...] (repeatable).
     #[arg(long = "route", value_name = "AUTHORITY=HOST:PORT")]
     pub routes: Vec<String>,
-    /// Names under svc.<domain> are resolved by DNS [default: cluster.local].
+    /// Names under `svc.<domain>` are resolved by DNS [default: cluster.local].
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN")]
     pub cluster_domain: Option<String>,
     /// Allow only these caller identities: exact, or *.suffix (repeatable).

@@ -2,7 +2,7 @@
 //! certificate, and forwards each request (or stream) to the local service it names. The same
 //! crate holds the `outbound` binary's proxy ([`outbound`]), the client side of that hop.
 //!
-//! A caller's connection goes through one layer per module: [`listener`](crate::listener)
+//! A caller's connection goes through one layer per module: `listener`
 //! (accept, permits) → `tls` (handshake, caller identity) → `inbound` (the connection's kind:
 //! HTTP or opaque, from ALPN and the transport header) → `admission` (caller, loop, target) →
 //! [`routing`] (authority → target, balancing) → `upstream` (one dialer; HTTP/1.1 pools,

@@ -194,13 +194,6 @@ fn in_path(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 /// The tutorial's `step certificate create` pair, plus the gateway's certificate, made with the
 /// identity crate; shown as the equivalent `identity` commands.
 fn pki(sh: &Shell, dir: &Path) -> anyhow::Result<()> {
@@ -301,7 +294,7 @@ pub fn run(opts: DoksOptions) -> anyhow::Result<()> {
         ("east", opts.east_region.as_str()),
     ];
     let dir = &opts.dir;
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let f = |name: &str| dir.join(name).display().to_string();
     let mut n = 0;
 
@@ -634,7 +627,7 @@ fn verify(sh: &Shell, opts: &DoksOptions) -> anyhow::Result<()> {
 }
 
 fn cleanup(sh: &Shell, opts: &DoksOptions) -> anyhow::Result<()> {
-    let root = workspace_root();
+    let root = crate::workspace_root();
     let mut n = 0;
     step(&mut n, "unlink and remove the demo");
     sh.pipe(

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod doks;
+mod test;
 
 use std::{
     net::SocketAddr,
@@ -25,8 +26,9 @@ struct Cli {
 enum Cmd {
     /// Stand up the two-region demo: vote-bot in west calls web-svc in east through the gateway.
     Demo {
-        /// How long traffic runs [default: 30s]; without it, until Ctrl-C with --keep.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// How long traffic runs, e.g. 30 or 30s or 2m (a bare number is seconds) [default:
+        /// 30s]; without it, until Ctrl-C with --keep.
+        #[arg(long, value_parser = seconds_or_duration)]
         duration: Option<Duration>,
         /// Round-trip time of the simulated WAN link (SFO–Sydney is about 150 ms).
         #[arg(long, default_value = "150ms", value_parser = humantime::parse_duration)]
@@ -73,7 +75,7 @@ enum Cmd {
         /// Image name and tag.
         #[arg(long, default_value = "meshgate/gateway:0.1.0")]
         tag: String,
-        /// Push it after building (e.g. to registry.digitalocean.com/<registry>/gateway:0.1.0).
+        /// Push it after building (e.g. to `registry.digitalocean.com/<registry>/gateway:0.1.0`).
         #[arg(long)]
         push: bool,
     },
@@ -107,8 +109,16 @@ enum Cmd {
         #[arg(long, default_value = "benches/results")]
         out: PathBuf,
     },
-    /// Run what CI runs: fmt check, clippy, tests.
-    Ci,
+    /// Everything CI runs, on a fresh machine too: installs what the tests need, then fmt,
+    /// clippy, rustdoc, the test suite and a fuzz smoke; ends with `tests: N passed, N failed`.
+    Test {
+        /// Do not install missing tools.
+        #[arg(long)]
+        no_install: bool,
+        /// Seconds of fuzzing the transport-header decoder (0: none).
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+    },
     #[command(hide = true)]
     BenchBackend {
         #[arg(long)]
@@ -159,6 +169,14 @@ enum Cmd {
     },
 }
 
+/// `10` is ten seconds; `10s`, `1m30s`, `500ms` as humantime reads them.
+fn seconds_or_duration(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| e.to_string()),
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,9 +187,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace's top directory, whatever directory xtask was started from.
+fn workspace_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs cargo (the one that started xtask) in the workspace root.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
+        .current_dir(workspace_root())
         .args(args)
         .status()
         .with_context(|| format!("running {cargo}"))?;
@@ -182,10 +210,7 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn image(tag: &str, push: bool) -> anyhow::Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let root = workspace_root();
     let engine = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output()
@@ -306,18 +331,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchHold { target, count, dir } => {
             runtime()?.block_on(bench::servers::hold(target, &dir, demo::GATEWAY_ID, count))
         }
-        Cmd::Ci => {
-            cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&[
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ])?;
-            cargo(&["test", "--workspace"])
-        }
+        Cmd::Test {
+            no_install,
+            fuzz_seconds,
+        } => test::run_all(test::TestOptions {
+            no_install,
+            fuzz_seconds,
+        }),
         Cmd::WebSvc { listen } => runtime()?.block_on(demo::emojivoto::web_svc(listen)),
         Cmd::VoteBot {
             target,

@@ -33,7 +33,7 @@ fn run_demo(netns: &str) -> String {
         .args([
             "demo",
             "--duration",
-            "4s",
+            "4",
             "--rtt",
             "20ms",
             "--netns",

@@ -33,13 +33,6 @@ const AUTHORITY: &str = "web-svc.emojivoto.svc.cluster.local:80";
 const PROXY_CORE: &str = "1";
 const CLIENT_CORE: &str = "0";
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -435,7 +428,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     println!("==> building release binaries");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let st = Command::new(&cargo)
-        .current_dir(root())
+        .current_dir(crate::workspace_root())
         .args([
             "build",
             "--release",
@@ -459,7 +452,7 @@ fn build_release() -> anyhow::Result<PathBuf> {
     }
     Ok(std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+        .unwrap_or_else(|| crate::workspace_root().join("target"))
         .join("release"))
 }
 
@@ -484,7 +477,7 @@ fn git_head() -> String {
     Command::new("git")
         .args([
             "-C",
-            &root().display().to_string(),
+            &crate::workspace_root().display().to_string(),
             "rev-parse",
             "--short",
             "HEAD",
@@ -497,7 +490,11 @@ fn git_head() -> String {
 /// `cargo xtask bench-cost`: see [`cost`].
 pub fn run_cost(opts: cost::CostOptions) -> anyhow::Result<()> {
     let bin = build_release()?;
-    let md = cost::run(opts, &bin, &root().join("target/bench-cost"))?;
+    let md = cost::run(
+        opts,
+        &bin,
+        &crate::workspace_root().join("target/bench-cost"),
+    )?;
     println!("\n{md}");
     Ok(())
 }
@@ -531,7 +528,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
         }
     }
     let bin = build_release()?;
-    let dir = root().join("target/bench");
+    let dir = crate::workspace_root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     let (backend, backend_proc) = prepare(&bin, &dir)?;
 

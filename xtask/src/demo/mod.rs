@@ -45,13 +45,6 @@ pub struct LocalOptions {
     pub dir: PathBuf,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn step(msg: &str) {
     println!("==> {msg}");
 }
@@ -67,10 +60,16 @@ fn port(preferred: u16) -> anyhow::Result<SocketAddr> {
 }
 
 fn build(release: bool) -> anyhow::Result<PathBuf> {
+    println!(
+        "==> building gateway and outbound{}",
+        if release { " (release)" } else { "" }
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args([
-        "build", "--quiet", "-p", "proxy", "--bin", "gateway", "--bin", "outbound",
+    // `-p xtask` as well: the same package set as the build that made this binary, so the
+    // dependencies it compiled are reused (see xtask/Cargo.toml).
+    cmd.current_dir(crate::workspace_root()).args([
+        "build", "-p", "xtask", "-p", "proxy", "--bin", "gateway", "--bin", "outbound",
     ]);
     if release {
         cmd.arg("--release");
@@ -81,7 +80,7 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
     Ok(target.join(if release { "release" } else { "debug" }))
 }
 
