@@ -19,7 +19,7 @@ fn render(overlay: &str) -> String {
         .arg("kustomize")
         .arg(deploy().join(overlay))
         .output()
-        .expect("kubectl (kustomize) must be installed; .ci/run installs it");
+        .expect("kubectl (kustomize) must be installed; `cargo xtask test` installs it");
     assert!(
         out.status.success(),
         "kustomize {overlay}: {}",
@@ -36,7 +36,7 @@ fn validate(yaml: &str) -> Result<(), String> {
         .args(["--strict", "--quiet", "-k", K8S_VERSION])
         .arg(&file)
         .output()
-        .expect("kubernetes-validate must be installed (pip install kubernetes-validate); .ci/run installs it");
+        .expect("kubernetes-validate must be installed (pip install kubernetes-validate); `cargo xtask test` installs it");
     if out.status.success() {
         Ok(())
     } else {

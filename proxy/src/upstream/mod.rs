@@ -191,3 +191,140 @@ async fn sweep(shared: Weak<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper_util::{
+        rt::TokioIo,
+        server::conn::auto::{self, Builder},
+    };
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend answering `ok`, counting the connections it accepted.
+    async fn backend(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let count = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let mut b = Builder::new(TokioExecutor::new());
+                    if h2 {
+                        b = b.http2_only();
+                    } else {
+                        b = b.http1_only();
+                    }
+                    let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    /// An in-process front end: hyper hands each request it receives (with the `Incoming`
+    /// body the upstream layer takes) to `upstreams`, as the gateway's server does.
+    async fn front(
+        upstreams: Upstreams,
+        pool: Arc<EndpointPool>,
+        addr: SocketAddr,
+        h2: bool,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (upstreams, pool) = (upstreams.clone(), pool.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (upstreams, pool) = (upstreams.clone(), pool.clone());
+                        async move {
+                            let (mut parts, body) = req.into_parts();
+                            parts.uri = "/".parse().unwrap();
+                            let req = Request::from_parts(parts, body);
+                            let resp = if h2 {
+                                upstreams.send_http2(&pool, addr, req).await
+                            } else {
+                                upstreams.send_http1(&pool, addr, req).await
+                            };
+                            match resp {
+                                Ok(r) => Ok(r.map(|b| b.boxed())),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        front
+    }
+
+    fn upstreams(idle: Duration) -> Upstreams {
+        Upstreams::new(UpstreamConfig {
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            idle_timeout: idle,
+            max_idle_per_endpoint: 8,
+        })
+    }
+
+    async fn get(front: SocketAddr) -> String {
+        let tcp = tokio::net::TcpStream::connect(front).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = tx
+            .send_request(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http1_connections_are_reused_once_their_response_is_read() {
+        let (addr, conns) = backend(false).await;
+        let pool = Arc::new(EndpointPool::default());
+        let front = front(upstreams(Duration::from_secs(30)), pool.clone(), addr, false).await;
+        for _ in 0..5 {
+            assert_eq!(get(front).await, "ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.http1.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http2_requests_share_one_connection_until_it_idles_out() {
+        let (addr, conns) = backend(true).await;
+        let pool = Arc::new(EndpointPool::default());
+        let front = front(upstreams(Duration::from_secs(30)), pool.clone(), addr, true).await;
+        // A burst of first requests opens one connection, not one each.
+        let burst: Vec<_> = (0..10).map(|_| tokio::spawn(get(front))).collect();
+        for r in burst {
+            assert_eq!(r.await.unwrap(), "ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        assert!(pool.http2.is_open());
+        // Idle past the timeout: let go, and the next request dials again.
+        pool.expire(Duration::ZERO);
+        assert!(!pool.http2.is_open());
+        assert_eq!(get(front).await, "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+}
