@@ -114,6 +114,9 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error("random number generator failed")]
     Rng,
+    /// A certificate signing request the issuer will not sign (Linkerd's checkCSR rules).
+    #[error("certificate signing request refused: {0}")]
+    BadCsr(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -239,6 +239,17 @@ impl Default for LeafOptions {
 
 /// A workload certificate for `identity`, as Linkerd's identity controller issues it.
 pub fn issue_leaf(issuer: &Signer, identity: &Identity, opts: LeafOptions) -> Result<Generated> {
+    let params = leaf_params(issuer, identity, opts)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = issuer.sign(&params, &key)?;
+    Ok(finish(cert, &key, issuer.chain_to_send().collect()))
+}
+
+fn leaf_params(
+    issuer: &Signer,
+    identity: &Identity,
+    opts: LeafOptions,
+) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     if identity.as_str().len() <= MAX_CN_LEN && !identity.is_uri() {
@@ -264,9 +275,74 @@ pub fn issue_leaf(issuer: &Signer, identity: &Identity, opts: LeafOptions) -> Re
     params.not_after = issuer.cap(na)?;
     params.serial_number = Some(random_serial()?);
     params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A key made in memory and the PKCS#10 request for `identity` that Linkerd's Certify API
+/// takes: one DNS SAN, the identity, and nothing else.
+pub struct CertRequest {
+    /// PKCS#8 DER; it never leaves the process.
+    pub key: rustls_pki_types::PrivatePkcs8KeyDer<'static>,
+    /// The request, DER.
+    pub csr_der: Vec<u8>,
+}
+
+/// Makes a P-256 key and a signing request for `identity`.
+pub fn certificate_request(identity: &Identity) -> Result<CertRequest> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let cert = issuer.sign(&params, &key)?;
-    Ok(finish(cert, &key, issuer.chain_to_send().collect()))
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::DnsName(identity.as_str().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    Ok(CertRequest {
+        key: rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        csr_der: csr.der().to_vec(),
+    })
+}
+
+/// A certificate issued for a signing request: the leaf and the chain above it (DER).
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub leaf: CertificateDer<'static>,
+    pub intermediates: Vec<CertificateDer<'static>>,
+}
+
+/// Signs the key in `csr_der` for `identity`, as Linkerd's identity controller does: the
+/// request must carry a valid signature, an ECDSA P-256 key, and exactly one DNS SAN equal to
+/// `identity` (no other names), and the leaf gets the same profile as [`issue_leaf`].
+pub fn issue_for_request(
+    issuer: &Signer,
+    csr_der: &[u8],
+    identity: &Identity,
+    opts: LeafOptions,
+) -> Result<Issued> {
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+    let csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+        .map_err(|e| Error::BadCsr(format!("unreadable: {e}")))?;
+    if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(Error::BadCsr("the key is not ECDSA P-256".into()));
+    }
+    let names: Vec<String> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|n| match n {
+            SanType::DnsName(d) => d.as_str().to_ascii_lowercase(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if names != [identity.as_str()] {
+        return Err(Error::BadCsr(format!(
+            "it must name exactly {identity}, it names {names:?}"
+        )));
+    }
+    let params = leaf_params(issuer, identity, opts)?;
+    let rcgen_issuer = rcgen::Issuer::from_ca_cert_der(&issuer.chain[0], &issuer.key)?;
+    let cert = params.signed_by(&csr.public_key, &rcgen_issuer)?;
+    Ok(Issued {
+        leaf: cert.der().clone(),
+        intermediates: issuer.chain_to_send().cloned().collect(),
+    })
 }
 
 /// A whole mesh PKI in memory: anchor, issuer, and leaves on demand. The demo and the test
@@ -473,6 +549,42 @@ mod tests {
             assert_eq!(info.serial.len(), 16 * 3 - 1);
             assert!(seen.insert(info.serial));
         }
+    }
+
+    #[test]
+    fn a_request_made_in_memory_is_signed_for_its_identity_only() {
+        let pki = Pki::new().unwrap();
+        let id = Identity::parse(
+            "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local",
+        )
+        .unwrap();
+        let req = certificate_request(&id).unwrap();
+        let issued = issue_for_request(
+            pki.issuer_signer(),
+            &req.csr_der,
+            &id,
+            LeafOptions::default(),
+        )
+        .unwrap();
+        let mut chain = vec![issued.leaf];
+        chain.extend(issued.intermediates);
+        let creds = crate::Credentials::from_der(chain, req.key.into(), "certified").unwrap();
+        assert_eq!(creds.verify(&pki.anchors().unwrap()).unwrap(), id);
+        // Asking for someone else's name with this request is refused.
+        let other =
+            Identity::parse("web.emojivoto.serviceaccount.identity.linkerd.cluster.local").unwrap();
+        let err = issue_for_request(
+            pki.issuer_signer(),
+            &req.csr_der,
+            &other,
+            LeafOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::BadCsr(_)), "{err}");
+        assert!(matches!(
+            issue_for_request(pki.issuer_signer(), b"junk", &id, LeafOptions::default()),
+            Err(Error::BadCsr(_))
+        ));
     }
 
     #[test]

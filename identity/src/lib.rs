@@ -21,7 +21,8 @@ pub mod verify;
 
 pub use error::{Error, NameError, Result, VerifyError};
 pub use generate::{
-    issue_leaf, make_anchor, make_issuer, Generated, LeafOptions, Pki, Signer, Validity,
+    certificate_request, issue_for_request, issue_leaf, make_anchor, make_issuer, CertRequest,
+    Generated, Issued, LeafOptions, Pki, Signer, Validity,
 };
 pub use inspect::{peer_identity, CertInfo};
 pub use name::Identity;

@@ -81,17 +81,30 @@ impl Credentials {
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Self> {
         let chain = pem::parse_certs(cert_pem, what)?;
         let key = pem::parse_key(key_pem, &format!("{what} key"))?;
-        let kp = pem::p256_key_pair(&key, &format!("{what} key"))?;
-        pem::check_key_matches(&kp, &chain[0], what)?;
+        Self::from_der(chain, key, what)
+    }
+
+    /// The same checks as [`from_pem`](Self::from_pem), for a chain and key already decoded
+    /// (a Certify answer and the key made in memory for it).
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        what: &str,
+    ) -> Result<Self> {
         let bad = |e: VerifyError| Error::BadCertificate {
             what: what.to_string(),
             detail: e.to_string(),
         };
-        let info = CertInfo::parse(&chain[0]).map_err(bad)?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad(VerifyError::Malformed("no certificate".into())))?;
+        let kp = pem::p256_key_pair(&key, &format!("{what} key"))?;
+        pem::check_key_matches(&kp, leaf, what)?;
+        let info = CertInfo::parse(leaf).map_err(bad)?;
         if info.is_ca {
             return Err(bad(VerifyError::CaUsedAsLeaf));
         }
-        let identity = crate::inspect::peer_identity(&chain[0]).map_err(bad)?;
+        let identity = crate::inspect::peer_identity(leaf).map_err(bad)?;
         Ok(Self {
             chain,
             key,
@@ -140,21 +153,28 @@ impl Credentials {
 
 /// Holds the current certified key for both the server and client side, so a renewed
 /// certificate takes effect on the next handshake without rebuilding configs.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CertStore {
-    current: RwLock<Arc<CertifiedKey>>,
+    /// `None` until the first certificate arrives (a workload waiting for Certify):
+    /// handshakes fail until then.
+    current: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
     pub fn new(creds: &Credentials) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            current: RwLock::new(creds.certified_key()?),
+            current: RwLock::new(Some(creds.certified_key()?)),
         }))
+    }
+
+    /// A store with no certificate yet.
+    pub fn empty() -> Arc<Self> {
+        Arc::default()
     }
 
     /// Swaps in new credentials (for rotation).
     pub fn set(&self, creds: &Credentials) -> Result<()> {
-        let key = creds.certified_key()?;
+        let key = Some(creds.certified_key()?);
         match self.current.write() {
             Ok(mut g) => *g = key,
             Err(poisoned) => *poisoned.into_inner() = key,
@@ -162,7 +182,7 @@ impl CertStore {
         Ok(())
     }
 
-    fn get(&self) -> Arc<CertifiedKey> {
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
         match self.current.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -172,20 +192,22 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.get())
+        self.get()
     }
 }
 
 impl ResolvesClientCert for CertStore {
     fn resolve(&self, _hints: &[&[u8]], schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         // Like Linkerd, present nothing when the server cannot take an ECDSA P-256 signature.
-        schemes
-            .contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
-            .then(|| self.get())
+        if schemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) {
+            self.get()
+        } else {
+            None
+        }
     }
 
     fn has_certs(&self) -> bool {
-        true
+        self.get().is_some()
     }
 }
 

@@ -47,6 +47,20 @@ pub struct Cli {
     /// The gateway's private key (PEM, ECDSA P-256).
     #[arg(long, env = "GATEWAY_KEY")]
     pub key: Option<PathBuf>,
+    /// Get the certificate from Linkerd's identity service at HOST:PORT instead of files
+    /// (also LINKERD2_PROXY_IDENTITY_SVC_ADDR).
+    #[arg(long, env = "GATEWAY_IDENTITY_SVC_ADDR")]
+    pub identity_svc_addr: Option<String>,
+    /// The identity service's own identity (also LINKERD2_PROXY_IDENTITY_SVC_NAME).
+    #[arg(long, env = "GATEWAY_IDENTITY_SVC_NAME")]
+    pub identity_svc_name: Option<String>,
+    /// The gateway's identity to ask for (also LINKERD2_PROXY_IDENTITY_LOCAL_NAME).
+    #[arg(long, env = "GATEWAY_IDENTITY")]
+    pub identity: Option<String>,
+    /// The service-account token proving it (also LINKERD2_PROXY_IDENTITY_TOKEN_FILE)
+    /// [default: /var/run/secrets/tokens/linkerd-identity-token].
+    #[arg(long, env = "GATEWAY_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<PathBuf>,
     /// Static route AUTHORITY=[h2://]HOST:PORT[,HOST:PORT...] (repeatable).
     #[arg(long = "route", value_name = "AUTHORITY=HOST:PORT")]
     pub routes: Vec<String>,
@@ -105,6 +119,10 @@ pub struct FileConfig {
     pub trust_anchors: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    pub identity_svc_addr: Option<String>,
+    pub identity_svc_name: Option<String>,
+    pub identity: Option<String>,
+    pub identity_token_file: Option<PathBuf>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: Option<String>,
@@ -144,14 +162,46 @@ fn default_protocol() -> Protocol {
     Protocol::Http1
 }
 
+/// Where the trust anchors come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorsSource {
+    File(PathBuf),
+    /// PEM text, as `LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS` carries it.
+    Pem(String),
+}
+
+/// Where the gateway's own certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// PEM files (made by `identity`, or kept by cert-manager), reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Linkerd's identity service: Certify at start, renewed at 70 % of the lifetime.
+    Certify {
+        svc_addr: String,
+        svc_name: Option<String>,
+        local: String,
+        token_file: PathBuf,
+    },
+}
+
+/// Linkerd's default projected service-account token path.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/tokens/linkerd-identity-token";
+
+/// A `LINKERD2_PROXY_<name>` variable, as Linkerd's injector writes it; empty means unset.
+fn linkerd_env(name: &str) -> Option<String> {
+    std::env::var(format!("LINKERD2_PROXY_{name}"))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub trust_anchors: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub trust_anchors: AnchorsSource,
+    pub identity: IdentitySource,
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: String,
     pub allow_clients: Vec<String>,
@@ -225,6 +275,16 @@ fn parse_host_flag(s: &str) -> anyhow::Result<(String, Vec<IpAddr>)> {
     Ok((name.trim().to_string(), ips))
 }
 
+/// The cluster domain in Linkerd's gateway suffix list (`svc.cluster.local.`): the first
+/// entry of the form `svc.<domain>`.
+fn gateway_domain(suffixes: &str) -> Option<String> {
+    suffixes
+        .split(',')
+        .filter_map(|s| s.trim().trim_end_matches('.').strip_prefix("svc."))
+        .find(|d| !d.is_empty())
+        .map(str::to_string)
+}
+
 impl Config {
     pub fn load(cli: Cli) -> anyhow::Result<Self> {
         let file: FileConfig = match &cli.config {
@@ -258,21 +318,64 @@ impl Config {
             (None, c) if c.is_empty() => None,
             (f, c) => Some(f.unwrap_or_default().into_iter().chain(c).collect()),
         };
+        let trust_anchors = match cli.trust_anchors.or(file.trust_anchors) {
+            Some(path) => AnchorsSource::File(path),
+            None => match linkerd_env("IDENTITY_TRUST_ANCHORS") {
+                Some(pem) => AnchorsSource::Pem(pem),
+                None => bail!(
+                    "--trust-anchors is required (or `trust_anchors` in the config file, or LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS)"
+                ),
+            },
+        };
+        let identity_svc_addr = cli
+            .identity_svc_addr
+            .or_else(|| linkerd_env("IDENTITY_SVC_ADDR"))
+            .or(file.identity_svc_addr);
+        let identity = match identity_svc_addr {
+            Some(svc_addr) => IdentitySource::Certify {
+                svc_addr,
+                svc_name: cli
+                    .identity_svc_name
+                    .or_else(|| linkerd_env("IDENTITY_SVC_NAME"))
+                    .or(file.identity_svc_name),
+                local: cli
+                    .identity
+                    .or_else(|| linkerd_env("IDENTITY_LOCAL_NAME"))
+                    .or_else(|| linkerd_env("IDENTITY_SERVER_ID"))
+                    .or(file.identity)
+                    .context(
+                        "--identity (or LINKERD2_PROXY_IDENTITY_LOCAL_NAME) is required with an identity service",
+                    )?,
+                token_file: cli
+                    .identity_token_file
+                    .or_else(|| linkerd_env("IDENTITY_TOKEN_FILE").map(PathBuf::from))
+                    .or(file.identity_token_file)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+            },
+            None => IdentitySource::Files {
+                cert: required("cert", cli.cert, file.cert)?,
+                key: required("key", cli.key, file.key)?,
+            },
+        };
         let cfg = Config {
             listen: cli
                 .listen
+                .or_else(|| linkerd_env("INBOUND_LISTEN_ADDR").and_then(|a| a.parse().ok()))
                 .or(file.listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4143))),
             admin_listen: cli
                 .admin_listen
+                .or_else(|| linkerd_env("ADMIN_LISTEN_ADDR").and_then(|a| a.parse().ok()))
                 .or(file.admin_listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4191))),
-            trust_anchors: required("trust-anchors", cli.trust_anchors, file.trust_anchors)?,
-            cert: required("cert", cli.cert, file.cert)?,
-            key: required("key", cli.key, file.key)?,
+            trust_anchors,
+            identity,
             routes,
             cluster_domain: cli
                 .cluster_domain
+                .or_else(|| {
+                    linkerd_env("INBOUND_GATEWAY_SUFFIXES").and_then(|s| gateway_domain(&s))
+                })
                 .or(file.cluster_domain)
                 .unwrap_or_else(|| "cluster.local".into()),
             allow_clients,
@@ -336,6 +439,7 @@ impl Config {
                 .unwrap_or(LogFormat::Plain),
             log_level: cli
                 .log_level
+                .or_else(|| linkerd_env("LOG"))
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             // Off unless asked for, as in Linkerd's proxy: a line per request costs about a

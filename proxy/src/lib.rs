@@ -14,6 +14,7 @@
 mod admin;
 mod admission;
 pub mod authority;
+mod cert_source;
 pub mod config;
 mod context;
 mod drain;
@@ -32,7 +33,7 @@ mod upstream;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use identity::{tls as mtls, CertStore, Credentials, TrustAnchors};
+use identity::tls as mtls;
 
 use crate::{
     admin::{Admin, Readiness},
@@ -56,18 +57,6 @@ pub struct Running {
     /// The accept loops; they end when draining begins.
     listeners: Vec<tokio::task::JoinHandle<()>>,
     drain_timeout: Duration,
-}
-
-fn load_credentials(cfg: &Config, anchors: &TrustAnchors) -> anyhow::Result<Credentials> {
-    let creds = Credentials::load(&cfg.cert, &cfg.key)?;
-    creds.verify(anchors).with_context(|| {
-        format!(
-            "{} is not valid under {}",
-            cfg.cert.display(),
-            cfg.trust_anchors.display()
-        )
-    })?;
-    Ok(creds)
 }
 
 async fn build_targets(cfg: &Config) -> anyhow::Result<Vec<Arc<Target>>> {
@@ -99,11 +88,10 @@ pub async fn start(
     cfg: Config,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<Running> {
-    let anchors = TrustAnchors::load(&cfg.trust_anchors)?;
-    let creds = load_credentials(&cfg, &anchors)?;
-    let own_id = creds.identity().clone();
-    let store = CertStore::new(&creds)?;
-    crate::metrics::cert_expiry(creds.info().not_after_unix(), own_id.as_str());
+    let anchors = cert_source::load_anchors(&cfg.trust_anchors)?;
+    let certs = cert_source::start(&cfg, &anchors)?;
+    let own_id = certs.identity.clone();
+    let store = certs.store.clone();
 
     let callers = cfg
         .allow_clients
@@ -175,14 +163,20 @@ pub async fn start(
             inbound.clone().serve(accepted)
         })),
     ];
-    tokio::spawn(reload_credentials(
+    cert_source::maintain(
         cfg.clone(),
         anchors,
-        store,
+        &certs,
+        readiness.clone(),
         drain.clone(),
-    ));
-    readiness.set(true);
-    tracing::info!(%listen, %admin_listen, identity = %own_id, "gateway ready");
+    )
+    .await?;
+    if certs.ready {
+        readiness.set(true);
+        tracing::info!(%listen, %admin_listen, identity = %own_id, "gateway ready");
+    } else {
+        tracing::info!(%listen, %admin_listen, identity = %own_id, "listening; ready once certified");
+    }
     Ok(Running {
         listen,
         admin_listen,
@@ -191,45 +185,6 @@ pub async fn start(
         listeners,
         drain_timeout: cfg.drain_timeout,
     })
-}
-
-/// Picks up renewed certificates (cert-manager or a sidecar rewriting the files) without a
-/// restart; a renewal that does not verify is logged and ignored.
-async fn reload_credentials(
-    cfg: Config,
-    anchors: TrustAnchors,
-    store: Arc<CertStore>,
-    drain: Drain,
-) {
-    let stamp = |cfg: &Config| {
-        let m = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        (m(&cfg.cert), m(&cfg.key))
-    };
-    let mut last = stamp(&cfg);
-    let mut tick = tokio::time::interval(cfg.cert_reload_interval.max(Duration::from_millis(100)));
-    loop {
-        tokio::select! {
-            _ = drain.draining() => return,
-            _ = tick.tick() => {}
-        }
-        let now = stamp(&cfg);
-        if now == last {
-            continue;
-        }
-        match load_credentials(&cfg, &anchors).and_then(|c| {
-            store.set(&c)?;
-            Ok(c)
-        }) {
-            Ok(c) => {
-                last = now;
-                crate::metrics::cert_expiry(c.info().not_after_unix(), c.identity().as_str());
-                tracing::info!(not_after = %c.info().not_after, "reloaded certificate");
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "certificate changed but cannot be used; keeping the current one")
-            }
-        }
-    }
 }
 
 impl Running {

@@ -199,3 +199,15 @@ pub fn cert_expiry(not_after_unix: i64, identity: &str) {
     gauge!("identity_cert_expiration_timestamp_seconds", "identity" => identity.to_string())
         .set(not_after_unix as f64);
 }
+
+/// One attempt to get or reload the certificate; `result` is `ok` or the failure's reason.
+pub fn cert_refreshed(result: &'static str) {
+    counter!("identity_cert_refreshes_total", "result" => result).increment(1);
+    if result == "ok" {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        gauge!("identity_cert_refresh_timestamp_seconds").set(now);
+    }
+}

@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use identity::{Identity, LeafOptions, Pki, Validity};
 use tokio::net::TcpListener;
 
+pub mod control;
+
 pub const GATEWAY_ID: &str =
     "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
 pub const VOTE_BOT_ID: &str = "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local";
@@ -127,6 +129,17 @@ pub struct Gateway {
 impl Gateway {
     /// Starts with the fixture's certificates plus `extra` flags and waits for /ready.
     pub fn start(fx: &Fixture, extra: &[&str]) -> Self {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--cert".into(), fx.path("gateway.crt").into()];
+        args.extend(["--key".into(), fx.path("gateway.key").into()]);
+        args.extend(extra.iter().map(Into::into));
+        let mut gw = Self::launch(fx, &args);
+        gw.wait_ready(Duration::from_secs(20));
+        gw
+    }
+
+    /// Starts with the fixture's trust anchors and `args`, without waiting for anything.
+    pub fn launch(fx: &Fixture, args: &[std::ffi::OsString]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = fx.path(&format!("gateway-{}.log", listen.port()));
@@ -139,37 +152,45 @@ impl Gateway {
             ])
             .arg("--trust-anchors")
             .arg(fx.path("root.crt"))
-            .arg("--cert")
-            .arg(fx.path("gateway.crt"))
-            .arg("--key")
-            .arg(fx.path("gateway.key"))
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("spawn gateway");
-        let mut gw = Self {
+        Self {
             child: Some(child),
             listen,
             admin,
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        }
+    }
+
+    /// Whether `/ready` answers 200 now.
+    pub fn is_ready(&self) -> bool {
+        http_get(self.admin, "/ready")
+            .map(|(s, _)| s == 200)
+            .unwrap_or(false)
+    }
+
+    /// Waits for `/ready`; panics with the log if the process exits or `limit` passes.
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = gw.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("gateway exited early ({status}):\n{}", gw.log_text());
-            }
-            if http_get(admin, "/ready")
-                .map(|(s, _)| s == 200)
-                .unwrap_or(false)
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
             {
-                return gw;
+                panic!("gateway exited early ({status}):\n{}", self.log_text());
+            }
+            if self.is_ready() {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "gateway not ready:\n{}",
-                gw.log_text()
+                self.log_text()
             );
             std::thread::sleep(Duration::from_millis(25));
         }

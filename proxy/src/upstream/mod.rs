@@ -301,7 +301,13 @@ mod tests {
     async fn http1_connections_are_reused_once_their_response_is_read() {
         let (addr, conns) = backend(false).await;
         let pool = Arc::new(EndpointPool::default());
-        let front = front(upstreams(Duration::from_secs(30)), pool.clone(), addr, false).await;
+        let front = front(
+            upstreams(Duration::from_secs(30)),
+            pool.clone(),
+            addr,
+            false,
+        )
+        .await;
         for _ in 0..5 {
             assert_eq!(get(front).await, "ok");
         }

@@ -1,0 +1,142 @@
+//! Reaching a control-plane service. Like linkerd2-proxy, a service on a loopback address is
+//! spoken to in plaintext (HTTP/2 prior knowledge); any other address over TLS 1.3 with SNI =
+//! the service's identity, whose certificate must chain to the trust anchors and name it.
+
+use std::{net::IpAddr, sync::Arc};
+
+use hyper_util::rt::TokioIo;
+use identity::Identity;
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where a control-plane service listens and who it must prove to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlAddr {
+    /// `host:port`, as the `LINKERD2_PROXY_*_SVC_ADDR` variables give it.
+    pub addr: String,
+    /// The service's identity (`*_SVC_NAME`); required unless the address is loopback.
+    pub name: Option<Identity>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlAddrError {
+    #[error("control-plane address {0:?} is not host:port")]
+    BadAddr(String),
+    #[error("control-plane address {0} is not loopback, so its identity (the matching *_SVC_NAME) must be set")]
+    NoName(String),
+    #[error("control-plane TLS configuration: {0}")]
+    Tls(String),
+}
+
+impl ControlAddr {
+    pub fn new(addr: &str, name: Option<Identity>) -> Result<Self, ControlAddrError> {
+        let addr = addr.trim().to_string();
+        let ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+        if !ok {
+            return Err(ControlAddrError::BadAddr(addr));
+        }
+        let this = Self { addr, name };
+        if !this.is_loopback() && this.name.is_none() {
+            return Err(ControlAddrError::NoName(this.addr));
+        }
+        Ok(this)
+    }
+
+    fn host(&self) -> &str {
+        let host = self.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// Loopback: an IP literal in 127.0.0.0/8 or ::1, or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host();
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// A channel that connects on first use and reconnects after failures. `client_tls` is
+    /// the TLS client config for a non-loopback address: it must verify the service's
+    /// identity (see [`identity::tls::client_config`]) and carry the gateway's certificate
+    /// where the service asks for one.
+    pub fn channel(
+        &self,
+        client_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Channel, ControlAddrError> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|_| ControlAddrError::BadAddr(self.addr.clone()))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(3));
+        let tls = if self.is_loopback() {
+            None
+        } else {
+            let name = self
+                .name
+                .clone()
+                .ok_or_else(|| ControlAddrError::NoName(self.addr.clone()))?;
+            let config = client_tls.ok_or_else(|| {
+                ControlAddrError::Tls(format!("no TLS client configuration for {}", self.addr))
+            })?;
+            let sni = identity::tls::server_name(&name)
+                .map_err(|e| ControlAddrError::Tls(e.to_string()))?;
+            Some((tokio_rustls::TlsConnector::from(config), sni))
+        };
+        let addr = self.addr.clone();
+        let connector = tower::service_fn(move |_uri: http::Uri| {
+            let addr = addr.clone();
+            let tls = tls.clone();
+            async move {
+                let tcp = TcpStream::connect(addr.as_str()).await?;
+                tcp.set_nodelay(true)?;
+                let io = match tls {
+                    None => Either::Left(tcp),
+                    Some((connector, sni)) => Either::Right(connector.connect(sni, tcp).await?),
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(io))
+            }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_needs_no_name_and_others_do() {
+        assert!(ControlAddr::new("127.0.0.1:8080", None)
+            .unwrap()
+            .is_loopback());
+        assert!(ControlAddr::new("[::1]:8086", None).unwrap().is_loopback());
+        assert!(ControlAddr::new("localhost:8090", None)
+            .unwrap()
+            .is_loopback());
+        assert!(matches!(
+            ControlAddr::new(
+                "linkerd-identity-headless.linkerd.svc.cluster.local.:8080",
+                None
+            ),
+            Err(ControlAddrError::NoName(_))
+        ));
+        let name = Identity::parse(
+            "linkerd-identity.linkerd.serviceaccount.identity.linkerd.cluster.local",
+        )
+        .unwrap();
+        let a = ControlAddr::new(
+            "linkerd-identity-headless.linkerd.svc.cluster.local.:8080",
+            Some(name),
+        )
+        .unwrap();
+        assert!(!a.is_loopback());
+        for bad in ["nohost", ":80", "host:0", "host:x"] {
+            assert!(matches!(
+                ControlAddr::new(bad, None),
+                Err(ControlAddrError::BadAddr(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Clients of Linkerd's control plane, built on `linkerd2-proxy-api` (Linkerd's own protobuf
+//! definitions and tonic stubs), so the gateway asks for its identity, its targets' endpoints
+//! and its authorization exactly as a Linkerd proxy does.
+//!
+//! - [`channel`]: how a control-plane service is reached: plaintext HTTP/2 on loopback, mTLS
+//!   (TLS 1.3, the service's identity checked) anywhere else.
+//! - [`certify`]: `io.linkerd.proxy.identity.Identity/Certify`: a key made in memory, a CSR,
+//!   the service-account token, and a checked answer.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod certify;
+pub mod channel;
+
+pub use certify::{refresh_in, Certifier, CertifyError};
+pub use channel::{ControlAddr, ControlAddrError};
