@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     });
     let t = rt.block_on(r.route(&hit)).expect("t");
     c.bench_function("p2c_pick_and_release", |b| {
-        b.iter(|| drop(black_box(t.pick().expect("pick"))))
+        b.iter(|| drop(black_box(t.try_pick().expect("pick"))))
     });
     let header = Header {
         port: 80,

@@ -35,6 +35,9 @@ pub enum ProxyError {
     Resolve,
     #[error("no endpoints")]
     NoEndpoints,
+    /// A discovered service had no endpoints for the whole fail-fast timeout.
+    #[error("no endpoints within the failfast timeout")]
+    FailFast,
     #[error("upstream connect failed")]
     Connect,
     #[error("upstream connect timeout")]
@@ -57,6 +60,7 @@ impl ProxyError {
             ProxyError::BadAuthority => "invalid authority",
             ProxyError::Resolve => "name resolution failed",
             ProxyError::NoEndpoints => "no endpoints",
+            ProxyError::FailFast => "no endpoints within the failfast timeout",
             ProxyError::Connect => "upstream connect failed",
             ProxyError::ConnectTimeout => "upstream connect timeout",
             ProxyError::Upstream => "upstream request failed",
@@ -74,7 +78,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ConnectTimeout | ProxyError::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout | ProxyError::ResponseTimeout | ProxyError::FailFast => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -189,6 +195,7 @@ mod tests {
             ProxyError::BadAuthority,
             ProxyError::Resolve,
             ProxyError::NoEndpoints,
+            ProxyError::FailFast,
             ProxyError::Connect,
             ProxyError::ConnectTimeout,
             ProxyError::Upstream,

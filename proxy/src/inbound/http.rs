@@ -226,7 +226,7 @@ async fn proxy(
         .remove(L5D_ORIG_PROTO)
         .and_then(|v| parse_orig_proto(&v));
     *routed = Some(target.clone());
-    let inflight = target.pick()?;
+    let inflight = target.pick().await?;
     let endpoint = inflight.endpoint();
     *upstream = Some(endpoint.addr);
 

@@ -22,7 +22,7 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let inflight = target.pick()?;
+    let inflight = target.pick().await?;
     let addr = inflight.endpoint().addr;
     let mut upstream = gw.upstreams.connect(addr).await.inspect_err(|e| {
         tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");

@@ -1,16 +1,16 @@
 //! Where a request goes: static routes first, then cluster-DNS names resolved and cached, then
 //! nothing ([`ProxyError::BadDomain`]). Built once at start-up; the request path only reads it.
 
+mod target;
+
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, RwLock,
-    },
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
+pub use self::target::{Endpoint, EndpointMeta, InFlight, Target};
 use crate::{authority::Authority, errors::ProxyError};
 
 /// What the upstream speaks.
@@ -29,137 +29,6 @@ pub enum Balancer {
     P2c,
     /// The endpoint with the fewest outstanding requests.
     LeastOutstanding,
-}
-
-/// One address of a target, with its in-flight request count for balancing.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    /// The connections kept open to this address.
-    pub pool: Arc<crate::upstream::EndpointPool>,
-    outstanding: AtomicUsize,
-}
-
-impl Endpoint {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            pool: Arc::default(),
-            outstanding: AtomicUsize::new(0),
-        }
-    }
-
-    pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request against its endpoint until dropped.
-pub struct InFlight(Arc<Target>, usize);
-
-impl InFlight {
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.0.endpoints[self.1]
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.endpoints[self.1]
-            .outstanding
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A routable service: its name, what it speaks and its addresses.
-#[derive(Debug)]
-pub struct Target {
-    pub name: Authority,
-    /// `name` as the `Host` header HTTP/1.1 upstreams get.
-    pub host_header: http::HeaderValue,
-    /// `name` as the `:authority` HTTP/2 upstreams get.
-    pub uri_authority: http::uri::Authority,
-    pub protocol: Protocol,
-    pub endpoints: Vec<Endpoint>,
-    balancer: Balancer,
-}
-
-impl Target {
-    pub fn new(
-        name: Authority,
-        protocol: Protocol,
-        addrs: &[SocketAddr],
-        balancer: Balancer,
-    ) -> Result<Self, ProxyError> {
-        let endpoints = addrs.iter().map(|a| Endpoint::new(*a)).collect();
-        Ok(Self {
-            host_header: http::HeaderValue::from_str(name.as_str())
-                .map_err(|_| ProxyError::BadAuthority)?,
-            uri_authority: name
-                .as_str()
-                .parse()
-                .map_err(|_| ProxyError::BadAuthority)?,
-            name,
-            protocol,
-            endpoints,
-            balancer,
-        })
-    }
-
-    /// Picks an endpoint for one request and counts it as outstanding.
-    pub fn pick(self: &Arc<Self>) -> Result<InFlight, ProxyError> {
-        let n = self.endpoints.len();
-        let i = match n {
-            0 => return Err(ProxyError::NoEndpoints),
-            1 => 0,
-            _ => match self.balancer {
-                Balancer::P2c => {
-                    let r = fast_random();
-                    let a = (r as usize) % n;
-                    // A second, different index: offset by 1..n.
-                    let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
-                    if self.endpoints[b].outstanding() < self.endpoints[a].outstanding() {
-                        b
-                    } else {
-                        a
-                    }
-                }
-                Balancer::LeastOutstanding => {
-                    let start = (fast_random() as usize) % n;
-                    (0..n)
-                        .map(|k| (start + k) % n)
-                        .min_by_key(|&k| self.endpoints[k].outstanding())
-                        .unwrap_or(0)
-                }
-            },
-        };
-        self.endpoints[i]
-            .outstanding
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(InFlight(self.clone(), i))
-    }
-}
-
-/// xorshift64* seeded per thread: balancing needs spread, not cryptographic randomness.
-fn fast_random() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0x9E37_79B9_7F4A_7C15);
-            (t ^ (&t as *const u64 as u64)) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
 }
 
 /// Resolves names to addresses: the system resolver, with optional fixed entries (like
@@ -350,12 +219,12 @@ mod tests {
             .route(&Authority::parse("WEB-SVC.emojivoto.svc.cluster.local.").unwrap())
             .await
             .unwrap();
-        assert_eq!(t.endpoints[0].addr, addr(1));
+        assert_eq!(t.endpoints()[0].addr, addr(1));
         let t = r
             .route(&Authority::parse("emoji-svc.emojivoto.svc.cluster.local:8080").unwrap())
             .await
             .unwrap();
-        assert_eq!(t.endpoints[0].addr, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(t.endpoints()[0].addr, "127.0.0.2:8080".parse().unwrap());
         // Cached: same Arc.
         let again = r
             .route(&Authority::parse("emoji-svc.emojivoto.svc.cluster.local:8080").unwrap())
@@ -397,15 +266,15 @@ mod tests {
         let t = Arc::new(
             Target::new(name, Protocol::Http1, &[addr(1), addr(2)], Balancer::P2c).unwrap(),
         );
-        let held = t.pick().unwrap();
+        let held = t.try_pick().unwrap();
         let busy = held.endpoint().addr;
         // With two endpoints both are always sampled: every pick goes to the idle one.
         for _ in 0..20 {
-            let p = t.pick().unwrap();
+            let p = t.try_pick().unwrap();
             assert_ne!(p.endpoint().addr, busy);
         }
         drop(held);
-        assert!(t.endpoints.iter().all(|e| e.outstanding() == 0));
+        assert!(t.endpoints().iter().all(|e| e.outstanding() == 0));
     }
 
     #[test]
@@ -415,8 +284,8 @@ mod tests {
         let t = Arc::new(
             Target::new(name, Protocol::Http1, &addrs, Balancer::LeastOutstanding).unwrap(),
         );
-        let held: Vec<_> = (0..8).map(|_| t.pick().unwrap()).collect();
-        assert!(t.endpoints.iter().all(|e| e.outstanding() == 2));
+        let held: Vec<_> = (0..8).map(|_| t.try_pick().unwrap()).collect();
+        assert!(t.endpoints().iter().all(|e| e.outstanding() == 2));
         drop(held);
     }
 }

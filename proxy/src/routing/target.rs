@@ -1,0 +1,299 @@
+//! A routable service and its endpoints. The endpoint set is fixed for static routes and DNS
+//! answers, and changes under discovery (`linkerd-destination`): a request takes a snapshot of
+//! the set when it picks, so an update never disturbs one in flight, and an endpoint that
+//! stays in the set keeps its pooled connections.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
+
+use identity::Identity;
+use tokio::sync::Notify;
+
+use super::{Balancer, Protocol};
+use crate::{authority::Authority, errors::ProxyError};
+
+/// What discovery says about an endpoint; empty for static and DNS endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// The workload's identity: connections to it are mTLS, its certificate must name this.
+    pub identity: Option<Identity>,
+    /// The endpoint's proxy takes HTTP/1 upgraded to HTTP/2 (`l5d-orig-proto`).
+    pub http2: bool,
+    /// Opaque streams go to this port of the endpoint's proxy with a transport header.
+    pub opaque_transport: Option<u16>,
+}
+
+/// One address of a target, with its in-flight request count for balancing.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub meta: EndpointMeta,
+    /// The connections kept open to this address.
+    pub pool: Arc<crate::upstream::EndpointPool>,
+    outstanding: AtomicUsize,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, meta: EndpointMeta) -> Self {
+        Self {
+            addr,
+            meta,
+            pool: Arc::default(),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request against its endpoint until dropped.
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a request waits for a discovered service with no endpoints to get some, before
+/// it fails and the service goes into fail-fast (Linkerd's default queue failfast timeout).
+const FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Discovery state of a watched target.
+#[derive(Debug, Default)]
+struct Watched {
+    /// Told when the endpoint set changes.
+    changed: Notify,
+    /// Set after a request waited out [`FAILFAST_TIMEOUT`] with no endpoints: later requests
+    /// fail at once until endpoints return.
+    failfast: AtomicBool,
+}
+
+/// A routable service: its name, what it speaks and its addresses.
+#[derive(Debug)]
+pub struct Target {
+    pub name: Authority,
+    /// `name` as the `Host` header HTTP/1.1 upstreams get.
+    pub host_header: http::HeaderValue,
+    /// `name` as the `:authority` HTTP/2 upstreams get.
+    pub uri_authority: http::uri::Authority,
+    pub protocol: Protocol,
+    endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    balancer: Balancer,
+    /// Present when discovery keeps the endpoint set current.
+    watched: Option<Watched>,
+}
+
+impl Target {
+    pub fn new(
+        name: Authority,
+        protocol: Protocol,
+        addrs: &[SocketAddr],
+        balancer: Balancer,
+    ) -> Result<Self, ProxyError> {
+        let endpoints = addrs
+            .iter()
+            .map(|a| Arc::new(Endpoint::new(*a, EndpointMeta::default())))
+            .collect();
+        Self::build(name, protocol, endpoints, balancer, None)
+    }
+
+    /// A target whose endpoints discovery will set (none yet).
+    pub fn watched(
+        name: Authority,
+        protocol: Protocol,
+        balancer: Balancer,
+    ) -> Result<Self, ProxyError> {
+        Self::build(
+            name,
+            protocol,
+            Vec::new(),
+            balancer,
+            Some(Watched::default()),
+        )
+    }
+
+    fn build(
+        name: Authority,
+        protocol: Protocol,
+        endpoints: Vec<Arc<Endpoint>>,
+        balancer: Balancer,
+        watched: Option<Watched>,
+    ) -> Result<Self, ProxyError> {
+        Ok(Self {
+            host_header: http::HeaderValue::from_str(name.as_str())
+                .map_err(|_| ProxyError::BadAuthority)?,
+            uri_authority: name
+                .as_str()
+                .parse()
+                .map_err(|_| ProxyError::BadAuthority)?,
+            name,
+            protocol,
+            endpoints: RwLock::new(endpoints.into()),
+            balancer,
+            watched,
+        })
+    }
+
+    /// The current endpoint set.
+    pub fn endpoints(&self) -> Arc<[Arc<Endpoint>]> {
+        match self.endpoints.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the endpoint set (discovery). Endpoints whose address and metadata are
+    /// unchanged should be passed in as the same `Arc`s, so they keep their connections.
+    pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
+        let empty = endpoints.is_empty();
+        match self.endpoints.write() {
+            Ok(mut g) => *g = endpoints.into(),
+            Err(p) => *p.into_inner() = endpoints.into(),
+        }
+        if let Some(w) = &self.watched {
+            if !empty {
+                w.failfast.store(false, Ordering::Relaxed);
+            }
+            w.changed.notify_waiters();
+        }
+    }
+
+    /// Picks an endpoint for one request and counts it as outstanding. A discovered target
+    /// with no endpoints makes the first request wait for some (up to the fail-fast timeout,
+    /// then 504) and later ones fail at once with 503 until endpoints return.
+    pub async fn pick(self: &Arc<Self>) -> Result<InFlight, ProxyError> {
+        match self.try_pick() {
+            Err(ProxyError::NoEndpoints) => {}
+            other => return other,
+        }
+        let Some(w) = &self.watched else {
+            return Err(ProxyError::NoEndpoints);
+        };
+        if w.failfast.load(Ordering::Relaxed) {
+            return Err(ProxyError::NoEndpoints);
+        }
+        let wait = async {
+            loop {
+                let changed = w.changed.notified();
+                match self.try_pick() {
+                    Err(ProxyError::NoEndpoints) => changed.await,
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(FAILFAST_TIMEOUT, wait).await {
+            Ok(r) => r,
+            Err(_) => {
+                w.failfast.store(true, Ordering::Relaxed);
+                Err(ProxyError::FailFast)
+            }
+        }
+    }
+
+    /// [`pick`](Self::pick) without waiting: `NoEndpoints` when the set is empty.
+    pub fn try_pick(&self) -> Result<InFlight, ProxyError> {
+        let endpoints = self.endpoints();
+        let n = endpoints.len();
+        let i = match n {
+            0 => return Err(ProxyError::NoEndpoints),
+            1 => 0,
+            _ => match self.balancer {
+                Balancer::P2c => {
+                    let r = fast_random();
+                    let a = (r as usize) % n;
+                    // A second, different index: offset by 1..n.
+                    let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
+                    if endpoints[b].outstanding() < endpoints[a].outstanding() {
+                        b
+                    } else {
+                        a
+                    }
+                }
+                Balancer::LeastOutstanding => {
+                    let start = (fast_random() as usize) % n;
+                    (0..n)
+                        .map(|k| (start + k) % n)
+                        .min_by_key(|&k| endpoints[k].outstanding())
+                        .unwrap_or(0)
+                }
+            },
+        };
+        let endpoint = endpoints[i].clone();
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight(endpoint))
+    }
+}
+
+/// xorshift64* seeded per thread: balancing needs spread, not cryptographic randomness.
+fn fast_random() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15);
+            (t ^ (&t as *const u64 as u64)) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_target_waits_then_fails_fast_until_endpoints_return() {
+        let name = Authority::parse("web-svc.emojivoto.svc.cluster.local:80").unwrap();
+        let t = Arc::new(Target::watched(name, Protocol::Http1, Balancer::P2c).unwrap());
+        // Endpoints arriving while a request waits serve it.
+        let waiting = {
+            let t = t.clone();
+            tokio::spawn(async move { t.pick().await.map(|i| i.endpoint().addr) })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        t.set_endpoints(vec![Arc::new(Endpoint::new(
+            addr(1),
+            EndpointMeta::default(),
+        ))]);
+        assert_eq!(waiting.await.unwrap().unwrap(), addr(1));
+        // Emptied: the first request waits out the failfast timeout, the next fails at once.
+        t.set_endpoints(vec![]);
+        assert_eq!(t.pick().await.err(), Some(ProxyError::FailFast));
+        let before = tokio::time::Instant::now();
+        assert_eq!(t.pick().await.err(), Some(ProxyError::NoEndpoints));
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        t.set_endpoints(vec![Arc::new(Endpoint::new(
+            addr(2),
+            EndpointMeta::default(),
+        ))]);
+        assert_eq!(t.pick().await.unwrap().endpoint().addr, addr(2));
+    }
+}
