@@ -36,6 +36,7 @@ fn router() -> Router {
         resolver: Resolver::default(),
         balancer: Balancer::P2c,
         dns_ttl: Duration::from_secs(5),
+        discovery: None,
     })
 }
 

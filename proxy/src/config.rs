@@ -57,6 +57,13 @@ pub struct Cli {
     /// The gateway's identity to ask for (also LINKERD2_PROXY_IDENTITY_LOCAL_NAME).
     #[arg(long, env = "GATEWAY_IDENTITY")]
     pub identity: Option<String>,
+    /// Discover cluster services' endpoints from Linkerd's destination service at HOST:PORT
+    /// instead of DNS (also LINKERD2_PROXY_DESTINATION_SVC_ADDR).
+    #[arg(long, env = "GATEWAY_DESTINATION_SVC_ADDR")]
+    pub destination_svc_addr: Option<String>,
+    /// The destination service's identity (also LINKERD2_PROXY_DESTINATION_SVC_NAME).
+    #[arg(long, env = "GATEWAY_DESTINATION_SVC_NAME")]
+    pub destination_svc_name: Option<String>,
     /// The service-account token proving it (also LINKERD2_PROXY_IDENTITY_TOKEN_FILE)
     /// [default: /var/run/secrets/tokens/linkerd-identity-token].
     #[arg(long, env = "GATEWAY_IDENTITY_TOKEN_FILE")]
@@ -123,6 +130,8 @@ pub struct FileConfig {
     pub identity_svc_name: Option<String>,
     pub identity: Option<String>,
     pub identity_token_file: Option<PathBuf>,
+    pub destination_svc_addr: Option<String>,
+    pub destination_svc_name: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: Option<String>,
@@ -184,6 +193,15 @@ pub enum IdentitySource {
     },
 }
 
+/// Linkerd's destination service, for endpoint discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationConfig {
+    pub svc_addr: String,
+    pub svc_name: Option<String>,
+    /// `LINKERD2_PROXY_DESTINATION_CONTEXT`: sent as the context token.
+    pub context: String,
+}
+
 /// Linkerd's default projected service-account token path.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/tokens/linkerd-identity-token";
 
@@ -202,6 +220,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub trust_anchors: AnchorsSource,
     pub identity: IdentitySource,
+    /// `None`: cluster names are resolved by DNS.
+    pub destination: Option<DestinationConfig>,
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: String,
     pub allow_clients: Vec<String>,
@@ -370,6 +390,18 @@ impl Config {
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4191))),
             trust_anchors,
             identity,
+            destination: cli
+                .destination_svc_addr
+                .or_else(|| linkerd_env("DESTINATION_SVC_ADDR"))
+                .or(file.destination_svc_addr)
+                .map(|svc_addr| DestinationConfig {
+                    svc_addr,
+                    svc_name: cli
+                        .destination_svc_name
+                        .or_else(|| linkerd_env("DESTINATION_SVC_NAME"))
+                        .or(file.destination_svc_name),
+                    context: linkerd_env("DESTINATION_CONTEXT").unwrap_or_default(),
+                }),
             routes,
             cluster_domain: cli
                 .cluster_domain

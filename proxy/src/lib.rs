@@ -17,6 +17,7 @@ pub mod authority;
 mod cert_source;
 pub mod config;
 mod context;
+mod discovery;
 mod drain;
 mod errors;
 mod headers;
@@ -98,6 +99,33 @@ pub async fn start(
         .iter()
         .map(|p| CallerPattern::parse(p).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let discovery = match &cfg.destination {
+        None => None,
+        Some(d) => {
+            let name = d
+                .svc_name
+                .as_deref()
+                .map(identity::Identity::parse)
+                .transpose()
+                .context("destination service name")?;
+            let addr = control::ControlAddr::new(&d.svc_addr, name.clone())?;
+            // Over mTLS with the gateway's own certificate, as Linkerd's proxy does.
+            let tls = match name {
+                Some(n) => Some(Arc::new(mtls::client_config(
+                    Some(store.clone()),
+                    &anchors,
+                    n,
+                    &[],
+                )?)),
+                None => None,
+            };
+            tracing::info!(service = %addr.addr, "cluster services are discovered from the destination service");
+            Some(discovery::Discovery::new(
+                control::Resolver::new(addr.channel(tls)?, d.context.clone()),
+                cfg.balancer,
+            ))
+        }
+    };
     let router = Router::new(RouterConfig {
         routes: build_targets(&cfg).await?,
         cluster_domain: cfg.cluster_domain.clone(),
@@ -105,6 +133,7 @@ pub async fn start(
         resolver: Resolver::new(cfg.hosts.clone()),
         balancer: cfg.balancer,
         dns_ttl: cfg.dns_ttl,
+        discovery,
     });
     let drain = Drain::new();
     let gw = Arc::new(Gateway {

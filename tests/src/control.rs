@@ -182,3 +182,228 @@ where
         });
     }
 }
+
+/// What the stub destination service says about one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationAnswer {
+    Endpoints(Vec<StubEndpoint>),
+    NoEndpoints {
+        exists: bool,
+    },
+    /// An update that no client should accept (an endpoint whose identity is no name).
+    Invalid,
+}
+
+/// One endpoint as the stub announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StubEndpoint {
+    pub addr: SocketAddr,
+    pub identity: Option<String>,
+    pub http2: bool,
+    pub opaque_transport: Option<u16>,
+}
+
+impl StubEndpoint {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+            http2: false,
+            opaque_transport: None,
+        }
+    }
+
+    fn weighted(&self) -> linkerd2_proxy_api::destination::WeightedAddr {
+        use linkerd2_proxy_api::destination::{
+            protocol_hint, tls_identity, ProtocolHint, TlsIdentity,
+        };
+        linkerd2_proxy_api::destination::WeightedAddr {
+            addr: Some(self.addr.into()),
+            weight: 10_000,
+            tls_identity: self.identity.as_ref().map(|n| TlsIdentity {
+                strategy: Some(tls_identity::Strategy::DnsLikeIdentity(
+                    tls_identity::DnsLikeIdentity { name: n.clone() },
+                )),
+                server_name: None,
+            }),
+            protocol_hint: (self.http2 || self.opaque_transport.is_some()).then(|| ProtocolHint {
+                protocol: if self.http2 {
+                    Some(protocol_hint::Protocol::H2(protocol_hint::H2 {}))
+                } else {
+                    Some(protocol_hint::Protocol::Opaque(protocol_hint::Opaque {}))
+                },
+                opaque_transport: self
+                    .opaque_transport
+                    .map(|p| protocol_hint::OpaqueTransport {
+                        inbound_port: p as u32,
+                    }),
+            }),
+            metric_labels: [("pod".to_string(), format!("pod-{}", self.addr.port()))].into(),
+            ..Default::default()
+        }
+    }
+}
+
+type Answers = std::collections::HashMap<String, DestinationAnswer>;
+
+struct DestinationSvc {
+    answers: tokio::sync::watch::Receiver<Answers>,
+    gets: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl linkerd2_proxy_api::destination::destination_server::Destination for DestinationSvc {
+    type GetStream =
+        crate::ReceiverStream<Result<linkerd2_proxy_api::destination::Update, tonic::Status>>;
+    type GetProfileStream = crate::ReceiverStream<
+        Result<linkerd2_proxy_api::destination::DestinationProfile, tonic::Status>,
+    >;
+
+    async fn get(
+        &self,
+        req: tonic::Request<linkerd2_proxy_api::destination::GetDestination>,
+    ) -> Result<tonic::Response<Self::GetStream>, tonic::Status> {
+        use linkerd2_proxy_api::destination::{
+            update, AddrSet, NoEndpoints, Update, WeightedAddrSet,
+        };
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        let path = req.into_inner().path;
+        let mut answers = self.answers.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // What this stream has announced so far, to send differences as Linkerd does.
+            let mut sent: Vec<StubEndpoint> = Vec::new();
+            loop {
+                let answer = answers.borrow_and_update().get(&path).cloned();
+                let updates: Vec<Update> = match answer {
+                    None => vec![Update {
+                        update: Some(update::Update::NoEndpoints(NoEndpoints { exists: false })),
+                    }],
+                    Some(DestinationAnswer::NoEndpoints { exists }) => {
+                        sent.clear();
+                        vec![Update {
+                            update: Some(update::Update::NoEndpoints(NoEndpoints { exists })),
+                        }]
+                    }
+                    Some(DestinationAnswer::Invalid) => vec![Update {
+                        update: Some(update::Update::Add(WeightedAddrSet {
+                            addrs: vec![StubEndpoint {
+                                addr: "10.9.9.9:80".parse().expect("addr"),
+                                identity: Some("not a name!".into()),
+                                http2: false,
+                                opaque_transport: None,
+                            }
+                            .weighted()],
+                            metric_labels: Default::default(),
+                        })),
+                    }],
+                    Some(DestinationAnswer::Endpoints(now)) => {
+                        let removed: Vec<_> = sent
+                            .iter()
+                            .filter(|e| !now.contains(e))
+                            .map(|e| e.addr.into())
+                            .collect();
+                        let added: Vec<_> = now
+                            .iter()
+                            .filter(|e| !sent.contains(e))
+                            .map(StubEndpoint::weighted)
+                            .collect();
+                        sent = now;
+                        let mut u = Vec::new();
+                        if !added.is_empty() {
+                            u.push(Update {
+                                update: Some(update::Update::Add(WeightedAddrSet {
+                                    addrs: added,
+                                    metric_labels: [(
+                                        "namespace".to_string(),
+                                        "emojivoto".to_string(),
+                                    )]
+                                    .into(),
+                                })),
+                            });
+                        }
+                        if !removed.is_empty() {
+                            u.push(Update {
+                                update: Some(update::Update::Remove(AddrSet { addrs: removed })),
+                            });
+                        }
+                        u
+                    }
+                };
+                for u in updates {
+                    if tx.send(Ok(u)).await.is_err() {
+                        return;
+                    }
+                }
+                if answers.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(crate::ReceiverStream(rx)))
+    }
+
+    async fn get_profile(
+        &self,
+        _req: tonic::Request<linkerd2_proxy_api::destination::GetDestination>,
+    ) -> Result<tonic::Response<Self::GetProfileStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "profiles are not served by this stub",
+        ))
+    }
+}
+
+/// A stub `linkerd-destination` on loopback; the test sets what it answers per name.
+pub struct DestinationStub {
+    pub addr: SocketAddr,
+    answers: tokio::sync::watch::Sender<Answers>,
+    gets: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DestinationStub {
+    pub async fn start(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .expect("bind destination stub");
+        let addr = listener.local_addr().expect("addr");
+        let (answers, rx) = tokio::sync::watch::channel(Answers::new());
+        let gets = Arc::new(AtomicUsize::new(0));
+        let svc = linkerd2_proxy_api::destination::destination_server::DestinationServer::new(
+            DestinationSvc {
+                answers: rx,
+                gets: gets.clone(),
+            },
+        );
+        let task = tokio::spawn(serve_grpc(listener, svc));
+        Self {
+            addr,
+            answers,
+            gets,
+            task,
+        }
+    }
+
+    /// Sets the answer for `authority` (`name:port`); open streams get the difference.
+    pub fn set(&self, authority: &str, answer: DestinationAnswer) {
+        self.answers.send_modify(|a| {
+            a.insert(authority.to_string(), answer);
+        });
+    }
+
+    /// `Get` calls so far.
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    /// Kills the service and every stream it serves.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for DestinationStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

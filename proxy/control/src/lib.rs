@@ -6,11 +6,15 @@
 //!   (TLS 1.3, the service's identity checked) anywhere else.
 //! - [`certify`]: `io.linkerd.proxy.identity.Identity/Certify`: a key made in memory, a CSR,
 //!   the service-account token, and a checked answer.
+//! - [`destination`]: `io.linkerd.proxy.destination.Destination/Get`: endpoints with their
+//!   identities and protocol hints, each update checked whole.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod certify;
 pub mod channel;
+pub mod destination;
 
 pub use certify::{refresh_in, Certifier, CertifyError};
 pub use channel::{ControlAddr, ControlAddrError};
+pub use destination::{Change, DestinationError, Discovered, Resolver};

@@ -1,4 +1,5 @@
-//! Where a request goes: static routes first, then cluster-DNS names resolved and cached, then
+//! Where a request goes: static routes first, then cluster names (discovered from
+//! `linkerd-destination` when one is configured, else resolved by DNS and cached), then
 //! nothing ([`ProxyError::BadDomain`]). Built once at start-up; the request path only reads it.
 
 mod target;
@@ -81,6 +82,8 @@ pub struct Router {
     dns_cache: RwLock<HashMap<Authority, (Instant, Arc<Target>)>>,
     /// Bounds the cache against callers cycling through names.
     dns_cache_max: usize,
+    /// With a destination service configured, cluster names are discovered, not resolved.
+    discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -99,6 +102,7 @@ pub struct RouterConfig {
     pub resolver: Resolver,
     pub balancer: Balancer,
     pub dns_ttl: Duration,
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 impl Router {
@@ -120,6 +124,7 @@ impl Router {
             dns_ttl: cfg.dns_ttl,
             dns_cache: RwLock::new(HashMap::new()),
             dns_cache_max: 4096,
+            discovery: cfg.discovery,
         }
     }
 
@@ -147,6 +152,9 @@ impl Router {
         }
         if !authority.is_cluster_service(&self.cluster_domain) {
             return Err(ProxyError::BadDomain);
+        }
+        if let Some(discovery) = &self.discovery {
+            return discovery.target(authority).await;
         }
         let now = Instant::now();
         if let Some(t) = self.cached(authority, now) {
@@ -209,6 +217,7 @@ mod tests {
             resolver: Resolver::new(hosts),
             balancer: Balancer::P2c,
             dns_ttl: Duration::from_secs(5),
+            discovery: None,
         })
     }
 

@@ -78,6 +78,10 @@ const FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
 struct Watched {
     /// Told when the endpoint set changes.
     changed: Notify,
+    /// Set by the first update from the control plane.
+    resolved: AtomicBool,
+    /// The control plane does not know this service.
+    missing: AtomicBool,
     /// Set after a request waited out [`FAILFAST_TIMEOUT`] with no endpoints: later requests
     /// fail at once until endpoints return.
     failfast: AtomicBool,
@@ -171,6 +175,45 @@ impl Target {
             }
             w.changed.notify_waiters();
         }
+    }
+
+    /// Discovery has answered at least once (always true for fixed targets).
+    pub fn is_resolved(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_none_or(|w| w.resolved.load(Ordering::Acquire))
+    }
+
+    pub fn mark_resolved(&self) {
+        if let Some(w) = &self.watched {
+            w.resolved.store(true, Ordering::Release);
+            w.changed.notify_waiters();
+        }
+    }
+
+    /// Waits for discovery's first answer.
+    pub async fn resolved(&self) {
+        let Some(w) = &self.watched else { return };
+        loop {
+            let changed = w.changed.notified();
+            if self.is_resolved() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// The control plane says this service does not exist.
+    pub fn mark_missing(&self) {
+        if let Some(w) = &self.watched {
+            w.missing.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn is_missing(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_some_and(|w| w.missing.load(Ordering::Acquire))
     }
 
     /// Picks an endpoint for one request and counts it as outstanding. A discovered target
