@@ -219,7 +219,7 @@ mod tests {
                 )),
                 server_name: None,
             }),
-            protocol_hint: h2.then(|| ProtocolHint {
+            protocol_hint: h2.then_some(ProtocolHint {
                 protocol: Some(protocol_hint::Protocol::H2(protocol_hint::H2 {})),
                 opaque_transport: None,
             }),
