@@ -44,6 +44,10 @@ pub enum ProxyError {
     ConnectTimeout,
     #[error("upstream request failed")]
     Upstream,
+    /// mTLS to a meshed endpoint failed: its certificate did not chain to the anchors or
+    /// name the identity discovery gave, or it refused the gateway's.
+    #[error("upstream TLS handshake failed")]
+    UpstreamTls,
     #[error("upstream response timeout")]
     ResponseTimeout,
 }
@@ -64,6 +68,7 @@ impl ProxyError {
             ProxyError::Connect => "upstream connect failed",
             ProxyError::ConnectTimeout => "upstream connect timeout",
             ProxyError::Upstream => "upstream request failed",
+            ProxyError::UpstreamTls => "upstream TLS handshake failed",
             ProxyError::ResponseTimeout => "upstream response timeout",
         }
     }
@@ -74,9 +79,10 @@ impl ProxyError {
             ProxyError::NotExported | ProxyError::CallerDenied => StatusCode::FORBIDDEN,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NoAuthority | ProxyError::BadAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::Resolve | ProxyError::Connect | ProxyError::Upstream => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Resolve
+            | ProxyError::Connect
+            | ProxyError::Upstream
+            | ProxyError::UpstreamTls => StatusCode::BAD_GATEWAY,
             ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout | ProxyError::FailFast => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -199,6 +205,7 @@ mod tests {
             ProxyError::Connect,
             ProxyError::ConnectTimeout,
             ProxyError::Upstream,
+            ProxyError::UpstreamTls,
             ProxyError::ResponseTimeout,
         ] {
             assert_eq!(e.to_string(), e.reason());

@@ -139,12 +139,19 @@ pub async fn start(
     let gw = Arc::new(Gateway {
         identity: own_id.clone(),
         router,
-        upstreams: Upstreams::new(UpstreamConfig {
-            connect_timeout: cfg.connect_timeout,
-            response_timeout: cfg.response_timeout,
-            idle_timeout: cfg.idle_timeout,
-            max_idle_per_endpoint: 256,
-        }),
+        upstreams: Upstreams::new(
+            UpstreamConfig {
+                connect_timeout: cfg.connect_timeout,
+                response_timeout: cfg.response_timeout,
+                idle_timeout: cfg.idle_timeout,
+                max_idle_per_endpoint: 256,
+            },
+            // Meshed endpoints are spoken to as this gateway, with the certificate it serves.
+            Some(Arc::new(upstream::MeshTls::new(
+                store.clone(),
+                anchors.clone(),
+            ))),
+        ),
         callers: CallerPolicy::new(callers),
         drain: drain.clone(),
         access_log: cfg.access_log,

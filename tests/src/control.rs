@@ -298,9 +298,11 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
                         })),
                     }],
                     Some(DestinationAnswer::Endpoints(now)) => {
+                        // By address: an endpoint whose metadata changed is re-added,
+                        // not removed.
                         let removed: Vec<_> = sent
                             .iter()
-                            .filter(|e| !now.contains(e))
+                            .filter(|e| !now.iter().any(|n| n.addr == e.addr))
                             .map(|e| e.addr.into())
                             .collect();
                         let added: Vec<_> = now

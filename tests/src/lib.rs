@@ -18,6 +18,7 @@ use identity::{Identity, LeafOptions, Pki, Validity};
 use tokio::net::TcpListener;
 
 pub mod control;
+pub mod mesh;
 
 pub const GATEWAY_ID: &str =
     "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";

@@ -231,26 +231,34 @@ async fn proxy(
     *upstream = Some(endpoint.addr);
 
     let upgrading = target.protocol == Protocol::Http1 && is_upgrade(&req);
+    let wire = Wire::choose(
+        target.protocol,
+        endpoint.meta.http2,
+        upgrading,
+        req.version(),
+        orig_proto,
+    );
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    parts.uri = match target.protocol {
-        // HTTP/1.1 servers get origin-form (`/path?query`), whatever form the caller used.
-        Protocol::Http1 => origin_form(&parts.uri),
-        // HTTP/2 servers read the service's name from `:authority`.
-        Protocol::Http2 => retarget(&parts.uri, target.uri_authority.clone())
-            .map_err(|_| ProxyError::BadAuthority)?,
-    };
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrading);
-    match target.protocol {
-        Protocol::Http1 => {
-            parts.version = orig_proto.unwrap_or(Version::HTTP_11);
+    match wire {
+        Wire::Http1(version) => {
+            // HTTP/1.1 servers get origin-form (`/path?query`), whatever form the caller used.
+            parts.uri = origin_form(&parts.uri);
+            parts.version = version;
             headers.insert(header::HOST, target.host_header.clone());
         }
-        Protocol::Http2 => {
+        Wire::Http2 | Wire::Http1OverHttp2(_) => {
+            // HTTP/2 servers (and Linkerd proxies) read the service's name from `:authority`.
+            parts.uri = retarget(&parts.uri, target.uri_authority.clone())
+                .map_err(|_| ProxyError::BadAuthority)?;
             parts.version = Version::HTTP_2;
             headers.remove(header::HOST);
+            if let Wire::Http1OverHttp2(v) = wire {
+                headers.insert(L5D_ORIG_PROTO, orig_proto_marker(v));
+            }
         }
     }
     let client_id = ctx
@@ -271,18 +279,12 @@ async fn proxy(
     let req = Request::from_parts(parts, body);
     // Only the HTTP/1.1 path is awaited in place: the others are boxed to keep every
     // request's future (copied into a task per HTTP/2 stream) small.
-    let mut resp = match target.protocol {
-        Protocol::Http2 => {
-            Box::pin(gw.upstreams.send_http2(&endpoint.pool, endpoint.addr, req)).await?
+    let mut resp = match wire {
+        Wire::Http2 | Wire::Http1OverHttp2(_) => {
+            Box::pin(gw.upstreams.send_http2(endpoint, req)).await?
         }
-        Protocol::Http1 if upgrading => {
-            Box::pin(gw.upstreams.send_upgrade(endpoint.addr, req)).await?
-        }
-        Protocol::Http1 => {
-            gw.upstreams
-                .send_http1(&endpoint.pool, endpoint.addr, req)
-                .await?
-        }
+        Wire::Http1(_) if upgrading => Box::pin(gw.upstreams.send_upgrade(endpoint, req)).await?,
+        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req).await?,
     };
     drop(inflight);
 
@@ -312,14 +314,109 @@ async fn proxy(
         }
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    // The endpoint's proxy marks what it restored; that marker is for us, not the caller.
+    let restored = match wire {
+        Wire::Http1OverHttp2(_) => resp.headers_mut().remove(L5D_ORIG_PROTO),
+        _ => None,
+    };
     if orig_proto.is_some() {
-        let marker = if resp.version() == Version::HTTP_10 {
-            "HTTP/1.0"
-        } else {
-            "HTTP/1.1"
+        let marker = match restored {
+            Some(m) => m,
+            None if resp.version() == Version::HTTP_10 => HeaderValue::from_static("HTTP/1.0"),
+            None => HeaderValue::from_static("HTTP/1.1"),
         };
-        resp.headers_mut()
-            .insert(L5D_ORIG_PROTO, HeaderValue::from_static(marker));
+        resp.headers_mut().insert(L5D_ORIG_PROTO, marker);
     }
     Ok(resp.map(Either::Left))
+}
+
+/// How a request travels to the endpoint it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// HTTP/1.x to the service (or to an endpoint whose proxy takes no HTTP/2 upgrade).
+    Http1(Version),
+    /// HTTP/2 as such: an HTTP/2 service, or a native HTTP/2 request to an `h2`-hinted proxy.
+    Http2,
+    /// An HTTP/1.x request carried over HTTP/2 to an `h2`-hinted endpoint's proxy, which
+    /// restores it from `l5d-orig-proto`, as a Linkerd proxy sends it.
+    Http1OverHttp2(Version),
+}
+
+impl Wire {
+    fn choose(
+        protocol: Protocol,
+        hinted_h2: bool,
+        upgrading: bool,
+        version: Version,
+        orig_proto: Option<Version>,
+    ) -> Self {
+        // An HTTP/1 request (directly, or upgraded by the caller's proxy) and its version.
+        let h1 = match orig_proto {
+            Some(v) => Some(v),
+            None if version < Version::HTTP_2 => Some(Version::HTTP_11),
+            None => None,
+        };
+        match (protocol, h1) {
+            (Protocol::Http2, _) => Wire::Http2,
+            // Upgrades need an HTTP/1.1 connection of their own.
+            (Protocol::Http1, _) if upgrading => Wire::Http1(Version::HTTP_11),
+            (Protocol::Http1, Some(v)) if hinted_h2 => Wire::Http1OverHttp2(v),
+            (Protocol::Http1, None) if hinted_h2 => Wire::Http2,
+            (Protocol::Http1, v) => Wire::Http1(v.unwrap_or(Version::HTTP_11)),
+        }
+    }
+}
+
+fn orig_proto_marker(v: Version) -> HeaderValue {
+    if v == Version::HTTP_10 {
+        HeaderValue::from_static("HTTP/1.0")
+    } else {
+        HeaderValue::from_static("HTTP/1.1")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_follows_the_service_and_the_endpoint_hint() {
+        use Version as V;
+        let h1 = |v| Wire::Http1(v);
+        // Plain service, unhinted endpoint: HTTP/1.1, whatever the caller spoke.
+        assert_eq!(
+            Wire::choose(Protocol::Http1, false, false, V::HTTP_11, None),
+            h1(V::HTTP_11)
+        );
+        assert_eq!(
+            Wire::choose(Protocol::Http1, false, false, V::HTTP_2, None),
+            h1(V::HTTP_11)
+        );
+        assert_eq!(
+            Wire::choose(Protocol::Http1, false, false, V::HTTP_2, Some(V::HTTP_10)),
+            h1(V::HTTP_10)
+        );
+        // h2-hinted: HTTP/1 rides HTTP/2 with its version; native HTTP/2 stays HTTP/2.
+        assert_eq!(
+            Wire::choose(Protocol::Http1, true, false, V::HTTP_11, None),
+            Wire::Http1OverHttp2(V::HTTP_11)
+        );
+        assert_eq!(
+            Wire::choose(Protocol::Http1, true, false, V::HTTP_2, Some(V::HTTP_10)),
+            Wire::Http1OverHttp2(V::HTTP_10)
+        );
+        assert_eq!(
+            Wire::choose(Protocol::Http1, true, false, V::HTTP_2, None),
+            Wire::Http2
+        );
+        // Upgrades and HTTP/2 services.
+        assert_eq!(
+            Wire::choose(Protocol::Http1, true, true, V::HTTP_11, None),
+            h1(V::HTTP_11)
+        );
+        assert_eq!(
+            Wire::choose(Protocol::Http2, false, false, V::HTTP_11, None),
+            Wire::Http2
+        );
+    }
 }

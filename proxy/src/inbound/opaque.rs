@@ -24,7 +24,7 @@ where
 {
     let inflight = target.pick().await?;
     let addr = inflight.endpoint().addr;
-    let mut upstream = gw.upstreams.connect(addr).await.inspect_err(|e| {
+    let mut upstream = gw.upstreams.connect_opaque(inflight.endpoint()).await.inspect_err(|e| {
         tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");
     })?;
     let started = Instant::now();

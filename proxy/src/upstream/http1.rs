@@ -9,13 +9,14 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     pin::{pin, Pin},
     sync::{Arc, Mutex},
     task::{ready, Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
+use super::{dial::Alpn, dial::UpstreamIo, Shared};
+use crate::{errors::ProxyError, routing::Endpoint};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -24,10 +25,6 @@ use hyper::{
     client::conn::{http1, TrySendError},
 };
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
-use super::{EndpointPool, Shared};
-use crate::errors::ProxyError;
 
 /// A pooled connection re-used this many times in a row without getting a request through
 /// (each closed by the server just before) makes the next attempt use a new connection.
@@ -38,10 +35,10 @@ const MAX_STALE_RETRIES: usize = 3;
 /// pool when it has been read to the end.
 pub(super) async fn send(
     shared: &Arc<Shared>,
-    pool: &Arc<EndpointPool>,
-    addr: SocketAddr,
+    endpoint: &Arc<Endpoint>,
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
+    let (pool, addr) = (&endpoint.pool, endpoint.addr);
     let mut req = req;
     let mut stale = 0;
     loop {
@@ -55,7 +52,7 @@ pub(super) async fn send(
             Some(c) => c,
             // Boxed: connecting is the cold path, and its future would otherwise enlarge
             // every request's future, which HTTP/2 callers' streams copy into a task each.
-            None => Box::pin(connect(shared, addr)).await?,
+            None => Box::pin(connect(shared, endpoint)).await?,
         };
         let sent = conn.tx.try_send_request(req);
         match drive(&mut conn, sent).await {
@@ -88,10 +85,14 @@ pub(super) async fn send(
 /// own task so it can hand over its socket once the upstream agrees.
 pub(super) async fn send_upgrade(
     shared: &Shared,
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
-    let stream = shared.dialer.connect(addr).await?;
+    let addr = endpoint.addr;
+    let stream = shared
+        .dialer
+        .connect_endpoint(endpoint, addr, Alpn::None)
+        .await?;
     let (mut tx, io) = shared
         .http1
         .handshake(TokioIo::new(stream))
@@ -111,8 +112,11 @@ pub(super) async fn send_upgrade(
 
 /// Boxed: hyper's connection state is large, and a connection moves between the pool, a
 /// request future and a response body several times per request.
-async fn connect(shared: &Shared, addr: SocketAddr) -> Result<Box<Conn>, ProxyError> {
-    let stream = shared.dialer.connect(addr).await?;
+async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Box<Conn>, ProxyError> {
+    let stream = shared
+        .dialer
+        .connect_endpoint(endpoint, endpoint.addr, Alpn::None)
+        .await?;
     let (tx, io) = shared
         .http1
         .handshake(TokioIo::new(stream))
@@ -125,7 +129,7 @@ async fn connect(shared: &Shared, addr: SocketAddr) -> Result<Box<Conn>, ProxyEr
     }))
 }
 
-type Http1Io = http1::Connection<TokioIo<TcpStream>, Incoming>;
+type Http1Io = http1::Connection<TokioIo<UpstreamIo>, Incoming>;
 type SendResult = Result<Response<Incoming>, TrySendError<Request<Incoming>>>;
 
 /// One HTTP/1.1 connection to an endpoint: the request side and the state machine that
@@ -230,7 +234,7 @@ impl Http1Idle {
 /// A pooled connection on loan to one response.
 struct Lease {
     conn: Box<Conn>,
-    pool: Arc<EndpointPool>,
+    pool: Arc<super::EndpointPool>,
     shared: Arc<Shared>,
 }
 

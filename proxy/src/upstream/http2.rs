@@ -2,7 +2,6 @@
 //! request to that endpoint, replaced when it closes, dropped when idle.
 
 use std::{
-    net::SocketAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -13,8 +12,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::Shared;
-use crate::errors::ProxyError;
+use super::{dial::Alpn, Shared};
+use crate::{errors::ProxyError, routing::Endpoint};
 
 /// What Linkerd peers do: a PING every 10 s, the connection given up 3 s after an unanswered one.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -61,8 +60,9 @@ impl Http2Slot {
     pub(super) async fn sender(
         &self,
         shared: &Shared,
-        addr: SocketAddr,
+        endpoint: &Endpoint,
     ) -> Result<SendRequest<Incoming>, ProxyError> {
+        let addr = endpoint.addr;
         if let Some(s) = self.current() {
             return Ok(s);
         }
@@ -70,10 +70,13 @@ impl Http2Slot {
         if let Some(s) = self.current() {
             return Ok(s);
         }
-        let tcp = shared.dialer.connect(addr).await?;
+        let io = shared
+            .dialer
+            .connect_endpoint(endpoint, addr, Alpn::None)
+            .await?;
         let (sender, conn) = shared
             .http2
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 handshake failed");

@@ -19,10 +19,12 @@ use std::{
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpStream;
 
-pub use self::{dial::Dialer, http1::UpstreamBody};
-use crate::errors::ProxyError;
+pub use self::{
+    dial::{Alpn, Dialer, MeshTls, UpstreamIo},
+    http1::UpstreamBody,
+};
+use crate::{errors::ProxyError, routing::Endpoint};
 
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamConfig {
@@ -94,11 +96,13 @@ impl EndpointPool {
 
 impl Upstreams {
     /// Inside a Tokio runtime this also starts the task that closes expired idle connections.
-    pub fn new(cfg: UpstreamConfig) -> Self {
+    /// `tls` is what meshed endpoints are spoken to with; without it they are refused.
+    pub fn new(cfg: UpstreamConfig, tls: Option<Arc<MeshTls>>) -> Self {
         let shared = Arc::new(Shared {
             cfg,
             dialer: Dialer {
                 connect_timeout: cfg.connect_timeout,
+                tls,
             },
             http1: hyper::client::conn::http1::Builder::new(),
             http2: http2::builder(),
@@ -110,25 +114,50 @@ impl Upstreams {
         Self { shared }
     }
 
-    /// A plain stream to `addr`, for opaque TCP.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
-        self.shared.dialer.connect(addr).await
+    /// A stream to `endpoint` for opaque TCP: to its proxy's inbound port with a transport
+    /// header when discovery says so (the header names the endpoint's own port), else
+    /// straight to it (mTLS when it has an identity).
+    pub async fn connect_opaque(&self, endpoint: &Endpoint) -> Result<UpstreamIo, ProxyError> {
+        use tokio::io::AsyncWriteExt;
+        let Some(port) = endpoint.meta.opaque_transport else {
+            return self
+                .shared
+                .dialer
+                .connect_endpoint(endpoint, endpoint.addr, Alpn::None)
+                .await;
+        };
+        let via = SocketAddr::new(endpoint.addr.ip(), port);
+        let mut io = self
+            .shared
+            .dialer
+            .connect_endpoint(endpoint, via, Alpn::TransportHeader)
+            .await?;
+        let header = transport_header::Header {
+            port: endpoint.addr.port(),
+            name: None,
+            protocol: None,
+        }
+        .encode();
+        io.write_all(&header).await.map_err(|e| {
+            tracing::debug!(addr = %via, error = %e, "writing the transport header failed");
+            ProxyError::Connect
+        })?;
+        Ok(io)
     }
 
     /// Sends `req` over the endpoint's multiplexed HTTP/2 connection (opened if need be) and
     /// waits for response headers.
     pub async fn send_http2(
         &self,
-        pool: &Arc<EndpointPool>,
-        addr: SocketAddr,
+        endpoint: &Arc<Endpoint>,
         req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let shared = &self.shared;
         let attempt = async {
-            let mut sender = pool.http2.sender(shared, addr).await?;
-            pool.register(shared);
+            let mut sender = endpoint.pool.http2.sender(shared, endpoint).await?;
+            endpoint.pool.register(shared);
             sender.send_request(req).await.map_err(|e| {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 request failed");
+                tracing::debug!(addr = %endpoint.addr, error = %e, "upstream HTTP/2 request failed");
                 ProxyError::Upstream
             })
         };
@@ -138,15 +167,14 @@ impl Upstreams {
         }
     }
 
-    /// Sends `req` over a pooled HTTP/1.1 connection to `addr` and waits for response
+    /// Sends `req` over a pooled HTTP/1.1 connection to the endpoint and waits for response
     /// headers; the response body returns the connection to the pool.
     pub async fn send_http1(
         &self,
-        pool: &Arc<EndpointPool>,
-        addr: SocketAddr,
+        endpoint: &Arc<Endpoint>,
         req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let attempt = http1::send(&self.shared, pool, addr, req);
+        let attempt = http1::send(&self.shared, endpoint, req);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
             Err(_) => Err(ProxyError::ResponseTimeout),
             Ok(r) => r,
@@ -156,10 +184,10 @@ impl Upstreams {
     /// An HTTP/1.1 upgrade request, on a connection of its own.
     pub async fn send_upgrade(
         &self,
-        addr: SocketAddr,
+        endpoint: &Endpoint,
         req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let attempt = http1::send_upgrade(&self.shared, addr, req);
+        let attempt = http1::send_upgrade(&self.shared, endpoint, req);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
             Err(_) => Err(ProxyError::ResponseTimeout),
             Ok(r) => r,
@@ -236,28 +264,23 @@ mod tests {
 
     /// An in-process front end: hyper hands each request it receives (with the `Incoming`
     /// body the upstream layer takes) to `upstreams`, as the gateway's server does.
-    async fn front(
-        upstreams: Upstreams,
-        pool: Arc<EndpointPool>,
-        addr: SocketAddr,
-        h2: bool,
-    ) -> SocketAddr {
+    async fn front(upstreams: Upstreams, endpoint: Arc<Endpoint>, h2: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (upstreams, pool) = (upstreams.clone(), pool.clone());
+                let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (upstreams, pool) = (upstreams.clone(), pool.clone());
+                        let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
                         async move {
                             let (mut parts, body) = req.into_parts();
                             parts.uri = "/".parse().unwrap();
                             let req = Request::from_parts(parts, body);
                             let resp = if h2 {
-                                upstreams.send_http2(&pool, addr, req).await
+                                upstreams.send_http2(&endpoint, req).await
                             } else {
-                                upstreams.send_http1(&pool, addr, req).await
+                                upstreams.send_http1(&endpoint, req).await
                             };
                             match resp {
                                 Ok(r) => Ok(r.map(|b| b.boxed())),
@@ -275,12 +298,15 @@ mod tests {
     }
 
     fn upstreams(idle: Duration) -> Upstreams {
-        Upstreams::new(UpstreamConfig {
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(5),
-            idle_timeout: idle,
-            max_idle_per_endpoint: 8,
-        })
+        Upstreams::new(
+            UpstreamConfig {
+                connect_timeout: Duration::from_secs(2),
+                response_timeout: Duration::from_secs(5),
+                idle_timeout: idle,
+                max_idle_per_endpoint: 8,
+            },
+            None,
+        )
     }
 
     async fn get(front: SocketAddr) -> String {
@@ -300,14 +326,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn http1_connections_are_reused_once_their_response_is_read() {
         let (addr, conns) = backend(false).await;
-        let pool = Arc::new(EndpointPool::default());
-        let front = front(
-            upstreams(Duration::from_secs(30)),
-            pool.clone(),
-            addr,
-            false,
-        )
-        .await;
+        let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
+        let pool = endpoint.pool.clone();
+        let front = front(upstreams(Duration::from_secs(30)), endpoint, false).await;
         for _ in 0..5 {
             assert_eq!(get(front).await, "ok");
         }
@@ -318,8 +339,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn http2_requests_share_one_connection_until_it_idles_out() {
         let (addr, conns) = backend(true).await;
-        let pool = Arc::new(EndpointPool::default());
-        let front = front(upstreams(Duration::from_secs(30)), pool.clone(), addr, true).await;
+        let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
+        let pool = endpoint.pool.clone();
+        let front = front(upstreams(Duration::from_secs(30)), endpoint, true).await;
         // A burst of first requests opens one connection, not one each.
         let burst: Vec<_> = (0..10).map(|_| tokio::spawn(get(front))).collect();
         for r in burst {

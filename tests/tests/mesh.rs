@@ -1,0 +1,128 @@
+//! mTLS to meshed endpoints: the workload sees SNI = its identity and the gateway as its
+//! client; a wrong identity is refused with 502; `h2`-hinted endpoints get HTTP/2 with
+//! `l5d-orig-proto`; opaque streams reach the endpoint's proxy behind a transport header.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{control::*, mesh::MeshedWorkload, *};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WEB: &str = "web-svc.emojivoto.svc.cluster.local:80";
+const WEB_ID: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+
+fn meshed(addr: std::net::SocketAddr, identity: &str, http2: bool) -> StubEndpoint {
+    StubEndpoint {
+        addr,
+        identity: Some(identity.to_string()),
+        http2,
+        opaque_transport: None,
+    }
+}
+
+async fn get_over_h1(fx: &Fixture, gw: &Gateway) -> (StatusCode, String, http::HeaderMap) {
+    let mut send = h1_sender(gw.listen, client_tls(fx, "vote-bot", &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let req = Request::get("/")
+        .header("host", WEB)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, body_text(resp).await, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_endpoints_get_mtls_as_the_gateway_and_h2_hints_are_honoured() {
+    let fx = Fixture::new();
+    let web = MeshedWorkload::start(&fx.pki, WEB_ID, false).await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, WEB_ID, false)]),
+    );
+    let gw = Gateway::start(&fx, &["--destination-svc-addr", &dst.addr.to_string()]);
+
+    let (status, body, _) = get_over_h1(&fx, &gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(&format!("sni={WEB_ID};client={GATEWAY_ID}")),
+        "{body}"
+    );
+    assert!(body.contains("version=HTTP/1.1"), "{body}");
+
+    // The same endpoint, now hinted h2: HTTP/1.1 rides HTTP/2 with l5d-orig-proto, and the
+    // caller gets a plain HTTP/1.1 answer.
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, WEB_ID, true)]),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body, headers) = get_over_h1(&fx, &gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("version=HTTP/2.0;orig_proto=HTTP/1.1"),
+        "{body}"
+    );
+    assert!(body.contains(&format!("client={GATEWAY_ID}")), "{body}");
+    assert!(!headers.contains_key("l5d-orig-proto"), "{headers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_that_cannot_prove_the_discovered_identity_is_refused() {
+    let fx = Fixture::new();
+    // Discovery says one workload, the certificate says another.
+    let web = MeshedWorkload::start(&fx.pki, WEB_ID, false).await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    let other = "emoji.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, other, false)]),
+    );
+    let gw = Gateway::start(&fx, &["--destination-svc-addr", &dst.addr.to_string()]);
+    let (status, body, headers) = get_over_h1(&fx, &gw).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["l5d-proxy-error"], "upstream TLS handshake failed");
+    assert!(
+        gw.log_text().contains("upstream TLS handshake failed"),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_streams_reach_the_endpoint_proxy_behind_a_transport_header() {
+    let fx = Fixture::new();
+    let proxy_inbound = MeshedWorkload::start(&fx.pki, WEB_ID, true).await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    // The application port (7777) is not listened on: only the proxy's inbound port is.
+    let app: std::net::SocketAddr = "127.0.0.1:7777".parse().unwrap();
+    let name = "web-svc.emojivoto.svc.cluster.local";
+    dst.set(
+        &format!("{name}:7777"),
+        DestinationAnswer::Endpoints(vec![StubEndpoint {
+            addr: app,
+            identity: Some(WEB_ID.into()),
+            http2: false,
+            opaque_transport: Some(proxy_inbound.addr.port()),
+        }]),
+    );
+    let gw = Gateway::start(&fx, &["--destination-svc-addr", &dst.addr.to_string()]);
+    let header = transport_header::Header {
+        port: 7777,
+        name: Some(name.into()),
+        protocol: None,
+    };
+    let mut io = linkerd_connect(&fx, gw.listen, &header).await.unwrap();
+    io.write_all(b"opaque bytes").await.unwrap();
+    io.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(String::from_utf8_lossy(&got), "port=7777;opaque bytes");
+}
