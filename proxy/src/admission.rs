@@ -8,7 +8,10 @@ use http::HeaderMap;
 use identity::Identity;
 
 use crate::{
-    authority::Authority, context::Gateway, errors::ProxyError, headers::forwarded_by,
+    authority::Authority,
+    context::{ConnCtx, Gateway},
+    errors::ProxyError,
+    headers::forwarded_by,
     routing::Target,
 };
 
@@ -36,6 +39,35 @@ pub async fn header_target(
     }
     caller?;
     gw.router.route(authority).await
+}
+
+/// Per request, once routed: `linkerd-policy`'s authorizations for the route the request
+/// takes, when a policy is configured.
+pub fn authorize_request<B>(
+    gw: &Gateway,
+    conn: &ConnCtx,
+    target: &Target,
+    req: &http::Request<B>,
+) -> Result<(), ProxyError> {
+    match &gw.policy {
+        None => Ok(()),
+        Some(p) => p.check_http(
+            &conn.client_id,
+            conn.peer.ip(),
+            target.name.host(),
+            req.method(),
+            req.uri(),
+            req.headers(),
+        ),
+    }
+}
+
+/// Once per opaque stream: `linkerd-policy`'s authorizations for the gateway port.
+pub fn authorize_stream(gw: &Gateway, conn: &ConnCtx) -> Result<(), ProxyError> {
+    match &gw.policy {
+        None => Ok(()),
+        Some(p) => p.check_tcp(&conn.client_id, conn.peer.ip()),
+    }
 }
 
 /// Per request: the connection's caller decision, then the loop check on the request's

@@ -64,6 +64,21 @@ pub struct Cli {
     /// The destination service's identity (also LINKERD2_PROXY_DESTINATION_SVC_NAME).
     #[arg(long, env = "GATEWAY_DESTINATION_SVC_NAME")]
     pub destination_svc_name: Option<String>,
+    /// Authorize callers with Linkerd's policy service at HOST:PORT (also
+    /// LINKERD2_PROXY_POLICY_SVC_ADDR).
+    #[arg(long, env = "GATEWAY_POLICY_SVC_ADDR")]
+    pub policy_svc_addr: Option<String>,
+    /// The policy service's identity (also LINKERD2_PROXY_POLICY_SVC_NAME).
+    #[arg(long, env = "GATEWAY_POLICY_SVC_NAME")]
+    pub policy_svc_name: Option<String>,
+    /// The workload the policy service is asked about (also LINKERD2_PROXY_POLICY_WORKLOAD).
+    #[arg(long, env = "GATEWAY_POLICY_WORKLOAD")]
+    pub policy_workload: Option<String>,
+    /// Policy where no server is known: all-authenticated, all-unauthenticated,
+    /// cluster-authenticated, cluster-unauthenticated or deny (also
+    /// LINKERD2_PROXY_INBOUND_DEFAULT_POLICY) [default: all-authenticated].
+    #[arg(long, env = "GATEWAY_DEFAULT_INBOUND_POLICY")]
+    pub default_inbound_policy: Option<String>,
     /// The service-account token proving it (also LINKERD2_PROXY_IDENTITY_TOKEN_FILE)
     /// [default: /var/run/secrets/tokens/linkerd-identity-token].
     #[arg(long, env = "GATEWAY_IDENTITY_TOKEN_FILE")]
@@ -132,6 +147,10 @@ pub struct FileConfig {
     pub identity_token_file: Option<PathBuf>,
     pub destination_svc_addr: Option<String>,
     pub destination_svc_name: Option<String>,
+    pub policy_svc_addr: Option<String>,
+    pub policy_svc_name: Option<String>,
+    pub policy_workload: Option<String>,
+    pub default_inbound_policy: Option<String>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: Option<String>,
@@ -202,6 +221,15 @@ pub struct DestinationConfig {
     pub context: String,
 }
 
+/// Linkerd's policy service, for the gateway port's authorizations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub svc_addr: String,
+    pub svc_name: Option<String>,
+    /// Who is asking (`LINKERD2_PROXY_POLICY_WORKLOAD`), passed through as given.
+    pub workload: String,
+}
+
 /// Linkerd's default projected service-account token path.
 pub const DEFAULT_TOKEN_FILE: &str = "/var/run/secrets/tokens/linkerd-identity-token";
 
@@ -222,6 +250,11 @@ pub struct Config {
     pub identity: IdentitySource,
     /// `None`: cluster names are resolved by DNS.
     pub destination: Option<DestinationConfig>,
+    pub policy: Option<PolicyConfig>,
+    /// The default inbound policy's name, when one was set or a policy service is used.
+    pub default_inbound_policy: Option<String>,
+    /// `LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS`, for the `cluster-*` default policies.
+    pub cluster_networks: Vec<String>,
     pub routes: Vec<RouteConfig>,
     pub cluster_domain: String,
     pub allow_clients: Vec<String>,
@@ -401,6 +434,36 @@ impl Config {
                         .or_else(|| linkerd_env("DESTINATION_SVC_NAME"))
                         .or(file.destination_svc_name),
                     context: linkerd_env("DESTINATION_CONTEXT").unwrap_or_default(),
+                }),
+            policy: match cli
+                .policy_svc_addr
+                .or_else(|| linkerd_env("POLICY_SVC_ADDR"))
+                .or(file.policy_svc_addr)
+            {
+                None => None,
+                Some(svc_addr) => Some(PolicyConfig {
+                    svc_addr,
+                    svc_name: cli
+                        .policy_svc_name
+                        .or_else(|| linkerd_env("POLICY_SVC_NAME"))
+                        .or(file.policy_svc_name),
+                    workload: cli
+                        .policy_workload
+                        .or_else(|| linkerd_env("POLICY_WORKLOAD"))
+                        .or(file.policy_workload)
+                        .context("--policy-workload (or LINKERD2_PROXY_POLICY_WORKLOAD) is required with a policy service")?,
+                }),
+            },
+            default_inbound_policy: cli
+                .default_inbound_policy
+                .or_else(|| linkerd_env("INBOUND_DEFAULT_POLICY"))
+                .or(file.default_inbound_policy),
+            cluster_networks: linkerd_env("POLICY_CLUSTER_NETWORKS")
+                .map(|v| v.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+                .unwrap_or_else(|| {
+                    ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+                        .map(String::from)
+                        .to_vec()
                 }),
             routes,
             cluster_domain: cli

@@ -1,7 +1,7 @@
 //! The state every layer of the gateway reads: [`Gateway`], built once at start-up, and
 //! [`ConnCtx`], what is known about one caller's connection once its handshake is done.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::HeaderValue;
 use identity::Identity;
@@ -11,6 +11,7 @@ use crate::{
     drain::Drain,
     errors::ProxyError,
     metrics::ConnMetrics,
+    policy::Policy,
     routing::Router,
     upstream::Upstreams,
 };
@@ -22,6 +23,8 @@ pub struct Gateway {
     pub router: Router,
     pub upstreams: Upstreams,
     pub callers: CallerPolicy,
+    /// Authorization from `linkerd-policy` (or a default policy); `None`: only `callers`.
+    pub policy: Option<Arc<Policy>>,
     /// Tunnels (upgrades) are spawned through it so the drain can wait for them and close them.
     pub drain: Drain,
     /// One `access` line per request (per connection for opaque streams).

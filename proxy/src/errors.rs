@@ -23,6 +23,12 @@ pub enum ProxyError {
     /// The caller's identity is not in the caller allow-list.
     #[error("caller not allowed")]
     CallerDenied,
+    /// `linkerd-policy`'s authorizations for the gateway port do not admit this caller.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The gateway port has HTTP routes and none takes this request.
+    #[error("no route")]
+    NoRoute,
     /// The request already passed through this gateway (or came from it).
     #[error("gateway loop")]
     Loop,
@@ -59,6 +65,8 @@ impl ProxyError {
             ProxyError::BadDomain => "bad gateway domain",
             ProxyError::NotExported => "service not exported",
             ProxyError::CallerDenied => "caller not allowed",
+            ProxyError::Unauthorized => "unauthorized",
+            ProxyError::NoRoute => "no route",
             ProxyError::Loop => "gateway loop",
             ProxyError::NoAuthority => "missing authority",
             ProxyError::BadAuthority => "invalid authority",
@@ -76,7 +84,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadDomain => StatusCode::NOT_FOUND,
-            ProxyError::NotExported | ProxyError::CallerDenied => StatusCode::FORBIDDEN,
+            ProxyError::NotExported | ProxyError::CallerDenied | ProxyError::Unauthorized => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NoAuthority | ProxyError::BadAuthority => StatusCode::BAD_REQUEST,
             ProxyError::Resolve
@@ -196,6 +207,8 @@ mod tests {
             ProxyError::BadDomain,
             ProxyError::NotExported,
             ProxyError::CallerDenied,
+            ProxyError::Unauthorized,
+            ProxyError::NoRoute,
             ProxyError::Loop,
             ProxyError::NoAuthority,
             ProxyError::BadAuthority,

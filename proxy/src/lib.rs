@@ -26,6 +26,7 @@ mod io;
 mod listener;
 pub mod metrics;
 pub mod outbound;
+mod policy;
 pub mod routing;
 mod splice;
 mod tls;
@@ -79,6 +80,78 @@ async fn build_targets(cfg: &Config) -> anyhow::Result<Vec<Arc<Target>>> {
         targets.push(Arc::new(t));
     }
     Ok(targets)
+}
+
+/// `a.b.c.d/n` or `x::/n`.
+fn parse_network(s: &str) -> anyhow::Result<control::policy::Network> {
+    let (ip, len) = s
+        .split_once('/')
+        .with_context(|| format!("network {s:?}: expected ADDRESS/PREFIX"))?;
+    let ip: std::net::IpAddr = ip.parse().with_context(|| format!("network {s:?}"))?;
+    let len: u8 = len.parse().with_context(|| format!("network {s:?}"))?;
+    anyhow::ensure!(
+        len <= if ip.is_ipv4() { 32 } else { 128 },
+        "network {s:?}: prefix too long"
+    );
+    Ok(control::policy::Network {
+        net: (ip, len),
+        except: vec![],
+    })
+}
+
+/// The gateway port's authorization: from the policy service when one is configured (the
+/// default policy applies until it answers), or a default policy alone when one was named.
+fn build_policy(
+    cfg: &Config,
+    store: &Arc<identity::CertStore>,
+    anchors: &identity::TrustAnchors,
+) -> anyhow::Result<Option<Arc<policy::Policy>>> {
+    if cfg.policy.is_none() && cfg.default_inbound_policy.is_none() {
+        return Ok(None);
+    }
+    let networks = cfg
+        .cluster_networks
+        .iter()
+        .map(|n| parse_network(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let default = policy::DefaultPolicy::parse(
+        cfg.default_inbound_policy
+            .as_deref()
+            .unwrap_or("all-authenticated"),
+        networks,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let client = match &cfg.policy {
+        None => None,
+        Some(p) => {
+            let name = p
+                .svc_name
+                .as_deref()
+                .map(identity::Identity::parse)
+                .transpose()
+                .context("policy service name")?;
+            let addr = control::ControlAddr::new(&p.svc_addr, name.clone())?;
+            let tls = match name {
+                Some(n) => Some(Arc::new(mtls::client_config(
+                    Some(store.clone()),
+                    anchors,
+                    n,
+                    &[],
+                )?)),
+                None => None,
+            };
+            tracing::info!(service = %addr.addr, workload = %p.workload, "authorization from the policy service");
+            Some(control::PolicyClient::new(
+                addr.channel(tls)?,
+                p.workload.clone(),
+            ))
+        }
+    };
+    Ok(Some(policy::Policy::new(
+        default,
+        client,
+        cfg.listen.port(),
+    )))
 }
 
 /// Most concurrent admin connections: probes and scrapes, a handful at a time.
@@ -135,6 +208,7 @@ pub async fn start(
         dns_ttl: cfg.dns_ttl,
         discovery,
     });
+    let policy = build_policy(&cfg, &store, &anchors)?;
     let drain = Drain::new();
     let gw = Arc::new(Gateway {
         identity: own_id.clone(),
@@ -153,6 +227,7 @@ pub async fn start(
             ))),
         ),
         callers: CallerPolicy::new(callers),
+        policy,
         drain: drain.clone(),
         access_log: cfg.access_log,
     });

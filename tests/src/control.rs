@@ -409,3 +409,166 @@ impl Drop for DestinationStub {
         self.task.abort();
     }
 }
+
+/// The gateway server's policy as the stub policy service serves it: who may call.
+#[derive(Debug, Clone)]
+pub enum PolicyAnswer {
+    /// Mesh identities: exact names and suffixes (e.g. `emojivoto.serviceaccount...`).
+    Identities {
+        exact: Vec<String>,
+        suffixes: Vec<String>,
+    },
+    /// Bytes the client must refuse (a prefix length no network has).
+    Invalid,
+}
+
+fn policy_server(answer: &PolicyAnswer) -> linkerd2_proxy_api::inbound::Server {
+    use linkerd2_proxy_api::{
+        inbound::{self as pb, authn, proxy_protocol, ProxyProtocol},
+        net::IpNetwork,
+    };
+    let (exact, suffixes, prefix_len) = match answer {
+        PolicyAnswer::Identities { exact, suffixes } => (exact.clone(), suffixes.clone(), 0),
+        PolicyAnswer::Invalid => (vec![], vec![], 99),
+    };
+    pb::Server {
+        protocol: Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+                timeout: None,
+                http_routes: vec![],
+                http_local_rate_limit: None,
+            })),
+        }),
+        server_ips: vec![],
+        authorizations: vec![pb::Authz {
+            networks: vec![pb::Network {
+                net: Some(IpNetwork {
+                    ip: Some(std::net::IpAddr::from([0, 0, 0, 0]).into()),
+                    prefix_len,
+                }),
+                except: vec![],
+            }],
+            authentication: Some(pb::Authn {
+                permit: Some(authn::Permit::MeshTls(authn::PermitMeshTls {
+                    clients: Some(authn::permit_mesh_tls::Clients::Identities(
+                        authn::permit_mesh_tls::PermitClientIdentities {
+                            identities: exact
+                                .into_iter()
+                                .map(|name| pb::Identity { name })
+                                .collect(),
+                            suffixes: suffixes
+                                .into_iter()
+                                .map(|s| pb::IdentitySuffix {
+                                    parts: s.split('.').map(String::from).collect(),
+                                })
+                                .collect(),
+                        },
+                    )),
+                })),
+            }),
+            labels: [
+                ("kind".to_string(), "authorizationpolicy".to_string()),
+                ("name".to_string(), "linkerd-gateway".to_string()),
+            ]
+            .into(),
+            metadata: None,
+        }],
+        labels: [
+            ("kind".to_string(), "server".to_string()),
+            ("name".to_string(), "linkerd-gateway".to_string()),
+        ]
+        .into(),
+    }
+}
+
+struct PolicySvc {
+    answer: tokio::sync::watch::Receiver<PolicyAnswer>,
+    watches: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+#[tonic::async_trait]
+impl linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPolicies
+    for PolicySvc
+{
+    async fn get_port(
+        &self,
+        _req: tonic::Request<linkerd2_proxy_api::inbound::PortSpec>,
+    ) -> Result<tonic::Response<linkerd2_proxy_api::inbound::Server>, tonic::Status> {
+        Ok(tonic::Response::new(policy_server(&self.answer.borrow())))
+    }
+
+    type WatchPortStream =
+        crate::ReceiverStream<Result<linkerd2_proxy_api::inbound::Server, tonic::Status>>;
+
+    async fn watch_port(
+        &self,
+        req: tonic::Request<linkerd2_proxy_api::inbound::PortSpec>,
+    ) -> Result<tonic::Response<Self::WatchPortStream>, tonic::Status> {
+        let spec = req.into_inner();
+        self.watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((spec.workload, spec.port));
+        let mut answer = self.answer.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let server = policy_server(&answer.borrow_and_update());
+                if tx.send(Ok(server)).await.is_err() || answer.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(crate::ReceiverStream(rx)))
+    }
+}
+
+/// A stub `linkerd-policy` on loopback serving one policy for every port.
+pub struct PolicyStub {
+    pub addr: SocketAddr,
+    answer: tokio::sync::watch::Sender<PolicyAnswer>,
+    watches: Arc<Mutex<Vec<(String, u32)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyStub {
+    pub async fn start(answer: PolicyAnswer) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind policy stub");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::watch::channel(answer);
+        let watches = Arc::new(Mutex::new(Vec::new()));
+        let svc = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
+            PolicySvc {
+                answer: rx,
+                watches: watches.clone(),
+            },
+        );
+        let task = tokio::spawn(serve_grpc(listener, svc));
+        Self {
+            addr,
+            answer: tx,
+            watches,
+            task,
+        }
+    }
+
+    pub fn set(&self, answer: PolicyAnswer) {
+        let _ = self.answer.send(answer);
+    }
+
+    /// `(workload, port)` of every WatchPort call so far.
+    pub fn watches(&self) -> Vec<(String, u32)> {
+        self.watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for PolicyStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

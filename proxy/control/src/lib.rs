@@ -8,13 +8,17 @@
 //!   the service-account token, and a checked answer.
 //! - [`destination`]: `io.linkerd.proxy.destination.Destination/Get`: endpoints with their
 //!   identities and protocol hints, each update checked whole.
+//! - [`policy`]: `io.linkerd.proxy.inbound.InboundServerPolicies/WatchPort`: the port's
+//!   authorizations and HTTP routes, evaluated without the API types.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod certify;
 pub mod channel;
 pub mod destination;
+pub mod policy;
 
 pub use certify::{refresh_in, Certifier, CertifyError};
 pub use channel::{ControlAddr, ControlAddrError};
 pub use destination::{Change, DestinationError, Discovered, Resolver};
+pub use policy::{PolicyClient, PolicyError, ServerPolicy};

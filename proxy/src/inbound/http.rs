@@ -219,6 +219,7 @@ async fn proxy(
         Some(t) => t.clone(),
         None => gw.router.route(&request_authority(&req)?).await?,
     };
+    admission::authorize_request(gw, ctx, &target, &req)?;
     // A request a source proxy upgraded from HTTP/1 goes on as HTTP/1, and its response is
     // marked so that proxy can restore the version for its client.
     let orig_proto = req

@@ -92,7 +92,10 @@ impl Session {
                 version: HttpVersion::Http1,
                 target: Some(target),
             },
-            None => Session::Opaque { target },
+            None => {
+                admission::authorize_stream(gw, conn)?;
+                Session::Opaque { target }
+            }
         })
     }
 }

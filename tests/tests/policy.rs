@@ -1,0 +1,151 @@
+//! Authorization from a stub `linkerd-policy` (built from `linkerd2-proxy-api`): an
+//! unauthorized caller gets 403 per request with its connection kept (HTTP) or a closed
+//! connection (opaque), updates take effect without a restart, bad policies are refused.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e::{control::*, *};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WORKLOAD: &str = r#"{"ns":"linkerd-multicluster","pod":"linkerd-gateway-0"}"#;
+const ECHO: &str = "echo.emojivoto.svc.cluster.local";
+
+fn only(identity: &str) -> PolicyAnswer {
+    PolicyAnswer::Identities {
+        exact: vec![identity.to_string()],
+        suffixes: vec![],
+    }
+}
+
+async fn status(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+) -> (StatusCode, String) {
+    let req = Request::get(format!("http://{WEB_SVC}/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send
+        .send_request(req)
+        .await
+        .expect("the connection stays open");
+    let reason = resp
+        .headers()
+        .get("l5d-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (resp.status(), reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_callers_get_403_per_request_and_updates_apply_without_restart() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let echo = echo_after_eof().await;
+    let policy = PolicyStub::start(only(GATEWAY_ID)).await;
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &format!("{WEB_SVC}:80={backend}"),
+            "--route",
+            &format!("{ECHO}:7={echo}"),
+            "--policy-svc-addr",
+            &policy.addr.to_string(),
+            "--policy-workload",
+            WORKLOAD,
+        ],
+    );
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    // The policy has arrived once the first watch is open and answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(&mut send).await.0 != StatusCode::FORBIDDEN {
+        assert!(std::time::Instant::now() < deadline, "policy never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 403 per request, on the same connection.
+    for _ in 0..3 {
+        assert_eq!(
+            status(&mut send).await,
+            (StatusCode::FORBIDDEN, "unauthorized".into())
+        );
+    }
+    assert_eq!(
+        policy.watches()[0],
+        (WORKLOAD.to_string(), gw.listen.port() as u32)
+    );
+    // Opaque: the stream is closed without forwarding.
+    let header = transport_header::Header {
+        port: 7,
+        name: Some(ECHO.into()),
+        protocol: None,
+    };
+    let mut io = linkerd_connect(&fx, gw.listen, &header).await.unwrap();
+    let _ = io.write_all(b"hello").await;
+    let _ = io.shutdown().await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got)).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+
+    // Allow vote-bot's namespace by suffix: the same connection is served from now on.
+    policy.set(PolicyAnswer::Identities {
+        exact: vec![],
+        suffixes: vec!["emojivoto.serviceaccount.identity.linkerd.cluster.local".into()],
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status(&mut send).await.0 != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "update never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut io = linkerd_connect(&fx, gw.listen, &header).await.unwrap();
+    io.write_all(b"hello").await.unwrap();
+    io.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .ok();
+    assert_eq!(got, b"echo:hello");
+
+    // A broken policy is refused and the last good one kept.
+    policy.set(PolicyAnswer::Invalid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&mut send).await.0, StatusCode::OK);
+    let m = gw.metrics();
+    assert!(
+        m.contains(
+            "inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"linkerd-gateway\""
+        ),
+        "{m}"
+    );
+    assert!(m.contains("inbound_http_authz_allow_total{"), "{m}");
+    assert!(m.contains("authz_name=\"linkerd-gateway\""), "{m}");
+    assert!(m.contains("inbound_tcp_authz_deny_total{"), "{m}");
+    assert!(m.contains("policy_updates_refused_total"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_default_policy_refuses_everyone() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &format!("{WEB_SVC}:80={backend}"),
+            "--default-inbound-policy",
+            "deny",
+        ],
+    );
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&mut send).await,
+        (StatusCode::FORBIDDEN, "unauthorized".into())
+    );
+}
