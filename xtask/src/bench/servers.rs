@@ -80,8 +80,14 @@ pub async fn tls_ceiling(listen: SocketAddr, dir: &Path) -> anyhow::Result<()> {
     let mut head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).into_bytes();
     head.extend_from_slice(&body);
     let response = Bytes::from(head);
+    // SIGINT ends it cleanly: `bench-cost` stops it that way, and under valgrind the default
+    // disposition did not always take the process down.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
-        let (tcp, _) = listener.accept().await?;
+        let (tcp, _) = tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
         let (acceptor, response) = (acceptor.clone(), response.clone());
         tokio::spawn(async move {
             let Ok(mut tls) = acceptor.accept(tcp).await else {
