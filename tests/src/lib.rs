@@ -167,6 +167,30 @@ impl Gateway {
         }
     }
 
+    /// Starts with nothing but `env` (no flags), as a pod spec written by Linkerd's injector
+    /// configures a proxy; `listen`/`admin` must match what `env` sets.
+    pub fn launch_env(
+        fx: &Fixture,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        env: &[(&str, String)],
+    ) -> Self {
+        let log = fx.path(&format!("gateway-{}.log", listen.port()));
+        let child = Command::new(gateway_bin())
+            .env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn gateway");
+        Self {
+            child: Some(child),
+            listen,
+            admin,
+            log,
+        }
+    }
+
     /// Whether `/ready` answers 200 now.
     pub fn is_ready(&self) -> bool {
         http_get(self.admin, "/ready")

@@ -126,3 +126,121 @@ async fn opaque_streams_reach_the_endpoint_proxy_behind_a_transport_header() {
         .ok();
     assert_eq!(String::from_utf8_lossy(&got), "port=7777;opaque bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_only_by_linkerd_proxy_variables_it_joins_the_mesh() {
+    use std::sync::Arc;
+    let fx = Fixture::new();
+    let pki = Arc::new(
+        fx.pki
+            .sibling("identity-east.linkerd.cluster.local")
+            .unwrap(),
+    );
+    let identity = IdentityStub::start(
+        pki,
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let web = MeshedWorkload::start(&fx.pki, WEB_ID, false).await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, WEB_ID, true)]),
+    );
+    let policy = PolicyStub::start(PolicyAnswer::Identities {
+        exact: vec![],
+        suffixes: vec!["emojivoto.serviceaccount.identity.linkerd.cluster.local".into()],
+    })
+    .await;
+    std::fs::write(fx.path("token"), TOKEN).unwrap();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cp = |svc: &str| format!("{svc}.linkerd.serviceaccount.identity.linkerd.cluster.local");
+    // The variables Linkerd's injector writes for the gateway pod's proxy.
+    let env = [
+        ("LINKERD2_PROXY_LOG", "info".to_string()),
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", listen.to_string()),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string()),
+        (
+            "LINKERD2_PROXY_CONTROL_LISTEN_ADDR",
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
+            "svc.cluster.local.".to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY",
+            "all-authenticated".to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS",
+            fx.pki.anchor.cert_pem.clone(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_DIR",
+            "/var/run/linkerd/identity/end-entity".to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            fx.path("token").display().to_string(),
+        ),
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", GATEWAY_ID.to_string()),
+        (
+            "LINKERD2_PROXY_IDENTITY_SVC_ADDR",
+            identity.addr.to_string(),
+        ),
+        ("LINKERD2_PROXY_IDENTITY_SVC_NAME", cp("linkerd-identity")),
+        ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", dst.addr.to_string()),
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_NAME",
+            cp("linkerd-destination"),
+        ),
+        (
+            "LINKERD2_PROXY_DESTINATION_CONTEXT",
+            r#"{"ns":"linkerd-multicluster","nodeName":"node-1","pod":"linkerd-gateway-0"}"#
+                .to_string(),
+        ),
+        ("LINKERD2_PROXY_POLICY_SVC_ADDR", policy.addr.to_string()),
+        ("LINKERD2_PROXY_POLICY_SVC_NAME", cp("linkerd-destination")),
+        (
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"linkerd-multicluster","pod":"linkerd-gateway-0"}"#.to_string(),
+        ),
+        (
+            "LINKERD2_PROXY_TAP_SVC_NAME",
+            "tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local".to_string(),
+        ),
+    ];
+    let mut gw = Gateway::launch_env(&fx, listen, admin, &env);
+    tokio::task::block_in_place(|| gw.wait_ready(Duration::from_secs(20)));
+    assert_eq!(identity.calls(), 1);
+    // vote-bot's proxy in west, as Linkerd sends it: transport header, HTTP/2, orig-proto.
+    let header = transport_header::Header {
+        port: 80,
+        name: Some("web-svc.emojivoto.svc.cluster.local".into()),
+        protocol: Some(transport_header::SessionProtocol::Http2),
+    };
+    let mut send = linkerd_h2(&fx, gw.listen, &header).await.unwrap();
+    let req = Request::get(format!("http://{WEB}/api/list"))
+        .header("l5d-orig-proto", "HTTP/1.1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["l5d-orig-proto"], "HTTP/1.1");
+    let body = body_text(resp).await;
+    // The in-cluster hop is mTLS with the certificate the gateway got from Certify.
+    assert!(
+        body.contains(&format!("sni={WEB_ID};client={GATEWAY_ID}")),
+        "{body}"
+    );
+    assert!(
+        body.contains("version=HTTP/2.0;orig_proto=HTTP/1.1"),
+        "{body}"
+    );
+    assert_eq!(policy.watches()[0].1, listen.port() as u32);
+    let m = gw.metrics();
+    assert!(m.contains("inbound_http_authz_allow_total{"), "{m}");
+}
