@@ -11,9 +11,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use identity::{generate, Identity, LeafOptions, Signer, Validity};
+use identity::{generate, Signer, Validity};
 
-use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
+use crate::demo::VOTE_BOT_ID;
 
 pub struct DoksOptions {
     pub dry_run: bool,
@@ -194,17 +194,16 @@ fn in_path(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The tutorial's `step certificate create` pair, plus the gateway's certificate, made with the
-/// identity crate; shown as the equivalent `identity` commands.
+/// The tutorial's `step certificate create` pair, made with the identity crate; shown as the
+/// equivalent `identity` commands. The gateway needs no certificate of its own: it gets one
+/// from linkerd-identity like any meshed workload.
 fn pki(sh: &Shell, dir: &Path) -> anyhow::Result<()> {
     let p = |f: &str| dir.join(f).display().to_string();
-    let (root, root_key, issuer, issuer_key, gw, gw_key) = (
+    let (root, root_key, issuer, issuer_key) = (
         p("root.crt"),
         p("root.key"),
         p("issuer.crt"),
         p("issuer.key"),
-        p("gateway.crt"),
-        p("gateway.key"),
     );
     sh.show(&quote(&[
         "identity",
@@ -228,22 +227,6 @@ fn pki(sh: &Shell, dir: &Path) -> anyhow::Result<()> {
         "--not-after",
         "8760h",
     ]));
-    sh.show(&quote(&[
-        "identity",
-        "issue",
-        "--ca",
-        &issuer,
-        "--ca-key",
-        &issuer_key,
-        "--name",
-        GATEWAY_ID,
-        "--out",
-        &gw,
-        "--key-out",
-        &gw_key,
-        "--not-after",
-        "720h",
-    ]));
     if sh.dry_run {
         return Ok(());
     }
@@ -264,17 +247,6 @@ fn pki(sh: &Shell, dir: &Path) -> anyhow::Result<()> {
         Validity::from_now(generate::DEFAULT_ISSUER_VALIDITY),
     )?;
     iss.write(dir, "issuer")?;
-    let iss = Signer::from_pem(
-        iss.cert_pem.as_bytes(),
-        iss.key_pem.as_bytes(),
-        "issuer.crt",
-    )?;
-    // The gateway does not renew itself: give it a month (cert-manager is the production path).
-    let opts = LeafOptions {
-        validity: Validity::from_now(Duration::from_secs(720 * 3600)),
-        ..Default::default()
-    };
-    generate::issue_leaf(&iss, &Identity::parse(GATEWAY_ID)?, opts)?.write(dir, "gateway")?;
     Ok(())
 }
 
@@ -340,7 +312,6 @@ pub fn run(opts: DoksOptions) -> anyhow::Result<()> {
     if !opts.dry_run
         && dir.join("root.crt").exists()
         && dir.join("issuer.crt").exists()
-        && dir.join("gateway.crt").exists()
     {
         skip(&format!("PKI in {}", dir.display()));
     } else {
@@ -401,39 +372,29 @@ pub fn run(opts: DoksOptions) -> anyhow::Result<()> {
             if sh.check(&["kubectl", &c, "get", "ns", ns]) {
                 skip(&format!("{ext} on {ctx}"));
             } else {
-                sh.pipe(
-                    &["linkerd", &c, ext, "install"],
-                    None,
-                    &["kubectl", &c, "apply", "-f", "-"],
-                )?;
+                // East's gateway is ours: install the extension without Linkerd's.
+                let mut install = vec!["linkerd", c.as_str(), ext, "install"];
+                if ext == "multicluster" && ctx == "east" {
+                    install.push("--gateway=false");
+                }
+                sh.pipe(&install, None, &["kubectl", &c, "apply", "-f", "-"])?;
             }
         }
     }
 
     step(&mut n, "east: our gateway in place of linkerd-gateway");
-    let is_ours = sh
-        .query(&[
-            "kubectl",
-            "--context=east",
-            "-n",
-            "linkerd-multicluster",
-            "get",
-            "deploy",
-            "linkerd-gateway",
-            "-o",
-            "jsonpath={.metadata.labels.app\\.kubernetes\\.io/part-of}",
-        ])
-        .is_some_and(|o| o.trim() == "meshgate");
+    // The gateway reads the mesh's anchors from this ConfigMap (a copy of linkerd's
+    // linkerd-identity-trust-roots: ConfigMaps cannot be read across namespaces).
     if sh.check(&[
         "kubectl",
         "--context=east",
         "-n",
         "linkerd-multicluster",
         "get",
-        "secret",
-        "linkerd-gateway-identity",
+        "configmap",
+        "linkerd-identity-trust-roots",
     ]) {
-        skip("gateway identity secret");
+        skip("gateway trust roots");
     } else {
         sh.run(&[
             "kubectl",
@@ -441,26 +402,9 @@ pub fn run(opts: DoksOptions) -> anyhow::Result<()> {
             "-n",
             "linkerd-multicluster",
             "create",
-            "secret",
-            "generic",
-            "linkerd-gateway-identity",
-            &format!("--from-file=tls.crt={}", f("gateway.crt")),
-            &format!("--from-file=tls.key={}", f("gateway.key")),
-            &format!("--from-file=ca.crt={}", f("root.crt")),
-        ])?;
-    }
-    if is_ours {
-        skip("gateway deployment");
-    } else {
-        sh.run(&[
-            "kubectl",
-            "--context=east",
-            "-n",
-            "linkerd-multicluster",
-            "delete",
-            "deployment",
-            "linkerd-gateway",
-            "--ignore-not-found",
+            "configmap",
+            "linkerd-identity-trust-roots",
+            &format!("--from-file=ca-bundle.crt={}", f("root.crt")),
         ])?;
     }
     let east_overlay = root.join("deploy/demo/east").display().to_string();
@@ -673,8 +617,8 @@ fn cleanup(sh: &Shell, opts: &DoksOptions) -> anyhow::Result<()> {
         "-n",
         "linkerd-multicluster",
         "delete",
-        "secret",
-        "linkerd-gateway-identity",
+        "configmap",
+        "linkerd-identity-trust-roots",
         "--ignore-not-found",
     ])?;
     step(&mut n, "uninstall Linkerd and its extensions");

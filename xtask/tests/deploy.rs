@@ -229,3 +229,79 @@ fn demo_overlays_match_the_tutorial() {
         );
     }
 }
+
+#[test]
+fn gateway_runs_as_a_member_of_the_mesh() {
+    let objs = objects(&render("gateway"));
+    let d = find(&objs, "Deployment", "linkerd-gateway").expect("Deployment");
+    let spec = &d["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let env: std::collections::HashMap<&str, &Value> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    let value = |name: &str| {
+        env.get(name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{name} not set"))
+    };
+    assert_eq!(
+        value("LINKERD2_PROXY_IDENTITY_SVC_ADDR"),
+        "linkerd-identity-headless.linkerd.svc.cluster.local.:8080"
+    );
+    assert_eq!(
+        value("LINKERD2_PROXY_DESTINATION_SVC_ADDR"),
+        "linkerd-dst-headless.linkerd.svc.cluster.local.:8086"
+    );
+    assert_eq!(
+        value("LINKERD2_PROXY_POLICY_SVC_ADDR"),
+        "linkerd-policy.linkerd.svc.cluster.local.:8090"
+    );
+    assert_eq!(
+        value("LINKERD2_PROXY_IDENTITY_LOCAL_NAME"),
+        "$(_pod_sa).$(_pod_ns).serviceaccount.identity.linkerd.cluster.local"
+    );
+    assert_eq!(
+        env["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"]["valueFrom"]["configMapKeyRef"]["name"],
+        "linkerd-identity-trust-roots"
+    );
+    // The token Certify presents, projected for linkerd-identity alone.
+    let token_file = value("LINKERD2_PROXY_IDENTITY_TOKEN_FILE");
+    let volume = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "linkerd-identity-token")
+        .expect("projected token volume");
+    let sa = &volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(sa["audience"], "identity.l5d.io");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "linkerd-identity-token")
+        .expect("token mount");
+    assert_eq!(
+        format!(
+            "{}/{}",
+            mount["mountPath"].as_str().unwrap(),
+            sa["path"].as_str().unwrap()
+        ),
+        token_file
+    );
+    // No certificate or key from files: nothing of the kind is mounted.
+    assert!(spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v.get("secret").is_none()));
+    let args = c["args"].as_array().unwrap();
+    assert!(
+        args.iter()
+            .all(|a| !a.as_str().unwrap().starts_with("--cert")
+                && !a.as_str().unwrap().starts_with("--key")),
+        "{args:?}"
+    );
+}
