@@ -108,24 +108,11 @@ pub async fn maintain(
             token_file,
             ..
         } => {
-            let name = svc_name
-                .as_deref()
-                .map(Identity::parse)
-                .transpose()
-                .context("identity service name")?;
-            let addr = ControlAddr::new(svc_addr, name.clone())?;
+            let addr = ControlAddr::parse(svc_addr, svc_name.as_deref())?;
             // No client certificate: the gateway has none yet.
-            let tls = match &name {
-                Some(name) => Some(Arc::new(identity::tls::client_config(
-                    None,
-                    &anchors,
-                    name.clone(),
-                    &[],
-                )?)),
-                None => None,
-            };
+            let channel = addr.connect(None, &anchors)?;
             let certifier = Certifier::new(
-                addr.channel(tls)?,
+                channel,
                 started.identity.clone(),
                 token_file.clone(),
                 anchors,

@@ -124,27 +124,10 @@ fn build_policy(
     let client = match &cfg.policy {
         None => None,
         Some(p) => {
-            let name = p
-                .svc_name
-                .as_deref()
-                .map(identity::Identity::parse)
-                .transpose()
-                .context("policy service name")?;
-            let addr = control::ControlAddr::new(&p.svc_addr, name.clone())?;
-            let tls = match name {
-                Some(n) => Some(Arc::new(mtls::client_config(
-                    Some(store.clone()),
-                    anchors,
-                    n,
-                    &[],
-                )?)),
-                None => None,
-            };
+            let addr = control::ControlAddr::parse(&p.svc_addr, p.svc_name.as_deref())?;
             tracing::info!(service = %addr.addr, workload = %p.workload, "authorization from the policy service");
-            Some(control::PolicyClient::new(
-                addr.channel(tls)?,
-                p.workload.clone(),
-            ))
+            let channel = addr.connect(Some(store.clone()), anchors)?;
+            Some(control::PolicyClient::new(channel, p.workload.clone()))
         }
     };
     Ok(Some(policy::Policy::new(
@@ -175,26 +158,12 @@ pub async fn start(
     let discovery = match &cfg.destination {
         None => None,
         Some(d) => {
-            let name = d
-                .svc_name
-                .as_deref()
-                .map(identity::Identity::parse)
-                .transpose()
-                .context("destination service name")?;
-            let addr = control::ControlAddr::new(&d.svc_addr, name.clone())?;
-            // Over mTLS with the gateway's own certificate, as Linkerd's proxy does.
-            let tls = match name {
-                Some(n) => Some(Arc::new(mtls::client_config(
-                    Some(store.clone()),
-                    &anchors,
-                    n,
-                    &[],
-                )?)),
-                None => None,
-            };
+            let addr = control::ControlAddr::parse(&d.svc_addr, d.svc_name.as_deref())?;
             tracing::info!(service = %addr.addr, "cluster services are discovered from the destination service");
+            // Over mTLS with the gateway's own certificate, as Linkerd's proxy does.
+            let channel = addr.connect(Some(store.clone()), &anchors)?;
             Some(discovery::Discovery::new(
-                control::Resolver::new(addr.channel(tls)?, d.context.clone()),
+                control::Resolver::new(channel, d.context.clone()),
                 cfg.balancer,
             ))
         }

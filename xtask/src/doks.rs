@@ -309,10 +309,7 @@ pub fn run(opts: DoksOptions) -> anyhow::Result<()> {
     }
 
     step(&mut n, "trust anchor and issuer (identity instead of step)");
-    if !opts.dry_run
-        && dir.join("root.crt").exists()
-        && dir.join("issuer.crt").exists()
-    {
+    if !opts.dry_run && dir.join("root.crt").exists() && dir.join("issuer.crt").exists() {
         skip(&format!("PKI in {}", dir.display()));
     } else {
         pki(&sh, dir)?;

@@ -27,6 +27,8 @@ pub enum ControlAddrError {
     NoName(String),
     #[error("control-plane TLS configuration: {0}")]
     Tls(String),
+    #[error("control-plane service name {0:?}: {1}")]
+    BadName(String, identity::Error),
 }
 
 impl ControlAddr {
@@ -45,6 +47,32 @@ impl ControlAddr {
         Ok(this)
     }
 
+    /// From the `*_SVC_ADDR` / `*_SVC_NAME` pair as configuration gives it.
+    pub fn parse(addr: &str, name: Option<&str>) -> Result<Self, ControlAddrError> {
+        let name = name
+            .map(|n| Identity::parse(n).map_err(|e| ControlAddrError::BadName(n.to_string(), e)))
+            .transpose()?;
+        Self::new(addr, name)
+    }
+
+    /// A channel as a mesh member speaks to the control plane: TLS 1.3 verifying the
+    /// service's identity under `anchors`, presenting `client_cert` when given (the identity
+    /// service is called before there is one); plaintext on loopback.
+    pub fn connect(
+        &self,
+        client_cert: Option<Arc<identity::CertStore>>,
+        anchors: &identity::TrustAnchors,
+    ) -> Result<Channel, ControlAddrError> {
+        let tls = match (&self.name, self.is_loopback()) {
+            (Some(name), false) => Some(Arc::new(
+                identity::tls::client_config(client_cert, anchors, name.clone(), &[])
+                    .map_err(|e| ControlAddrError::Tls(e.to_string()))?,
+            )),
+            _ => None,
+        };
+        self.channel(tls)
+    }
+
     fn host(&self) -> &str {
         let host = self.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
         host.trim_start_matches('[').trim_end_matches(']')
@@ -57,11 +85,9 @@ impl ControlAddr {
             || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
-    /// A channel that connects on first use and reconnects after failures. `client_tls` is
-    /// the TLS client config for a non-loopback address: it must verify the service's
-    /// identity (see [`identity::tls::client_config`]) and carry the gateway's certificate
-    /// where the service asks for one.
-    pub fn channel(
+    /// A channel that connects on first use and reconnects after failures; `client_tls` is
+    /// used for a non-loopback address.
+    fn channel(
         &self,
         client_tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Channel, ControlAddrError> {
