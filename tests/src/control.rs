@@ -116,6 +116,17 @@ impl IdentityStub {
     /// Serves on `addr` (port 0 for any), signing with `pki`'s issuer leaves of `lifetime`
     /// (no clock-skew allowance, so short lifetimes are exact).
     pub async fn start(pki: Arc<Pki>, addr: SocketAddr, lifetime: Duration) -> Self {
+        Self::start_with(pki, addr, lifetime, None).await
+    }
+
+    /// As [`start`](Self::start), over TLS with `tls` (the identity service asks no client
+    /// certificate: its callers have none yet).
+    pub async fn start_with(
+        pki: Arc<Pki>,
+        addr: SocketAddr,
+        lifetime: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind identity stub");
         let addr = listener.local_addr().expect("addr");
         let answer = Arc::new(Mutex::new(IdentityAnswer::Sign));
@@ -130,7 +141,7 @@ impl IdentityStub {
             answer: answer.clone(),
             calls: calls.clone(),
         });
-        let task = tokio::spawn(serve_grpc(listener, svc));
+        let task = tokio::spawn(serve_grpc_with(listener, svc, tls));
         Self {
             addr,
             answer,
@@ -171,14 +182,63 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_grpc_with(listener, svc, None).await
+}
+
+/// A server TLS config for a control-plane service: `identity`'s certificate from `pki`,
+/// TLS 1.3, with or without requiring a mesh client certificate.
+pub fn control_tls(pki: &Pki, identity: &str, require_client: bool) -> Arc<rustls::ServerConfig> {
+    let store =
+        identity::CertStore::new(&pki.credentials(identity).expect("credentials")).expect("store");
+    if require_client {
+        return Arc::new(
+            identity::tls::server_config(store, &pki.anchors().expect("anchors"), &[])
+                .expect("server config"),
+        );
+    }
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(identity::tls::provider().clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(store),
+    )
+}
+
+/// Serves a tonic service over HTTP/2, over TLS when `tls` is given, until aborted.
+pub async fn serve_grpc_with<S>(
+    listener: TcpListener,
+    svc: S,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) where
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut conns = tokio::task::JoinSet::new();
     while let Ok((tcp, _)) = listener.accept().await {
         let svc = svc.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .http2_only()
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc))
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+            let svc = TowerToHyperService::new(svc);
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+                }
+                Some(config) => {
+                    let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                    else {
+                        return;
+                    };
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+            }
         });
     }
 }
@@ -365,6 +425,11 @@ pub struct DestinationStub {
 
 impl DestinationStub {
     pub async fn start(addr: SocketAddr) -> Self {
+        Self::start_with(addr, None).await
+    }
+
+    /// As [`start`](Self::start), over TLS with `tls`.
+    pub async fn start_with(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind destination stub");
@@ -377,7 +442,7 @@ impl DestinationStub {
                 gets: gets.clone(),
             },
         );
-        let task = tokio::spawn(serve_grpc(listener, svc));
+        let task = tokio::spawn(serve_grpc_with(listener, svc, tls));
         Self {
             addr,
             answers,

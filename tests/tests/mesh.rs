@@ -244,3 +244,94 @@ async fn configured_only_by_linkerd_proxy_variables_it_joins_the_mesh() {
     let m = gw.metrics();
     assert!(m.contains("inbound_http_authz_allow_total{"), "{m}");
 }
+
+/// The address form a pod uses (not loopback, so spoken to over TLS) that still reaches this
+/// machine's 127.0.0.1: an IPv4-mapped IPv6 address.
+fn non_loopback(addr: std::net::SocketAddr) -> String {
+    format!("[::ffff:127.0.0.1]:{}", addr.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_off_loopback_is_spoken_to_over_tls_checked_by_identity() {
+    use std::sync::Arc;
+    let fx = Fixture::new();
+    let cp = |svc: &str| format!("{svc}.linkerd.serviceaccount.identity.linkerd.cluster.local");
+    let pki = Arc::new(
+        fx.pki
+            .sibling("identity-east.linkerd.cluster.local")
+            .unwrap(),
+    );
+    // linkerd-identity asks no client certificate; linkerd-destination requires the gateway's.
+    let identity = IdentityStub::start_with(
+        pki,
+        "127.0.0.1:0".parse().unwrap(),
+        Duration::from_secs(3600),
+        Some(control_tls(&fx.pki, &cp("linkerd-identity"), false)),
+    )
+    .await;
+    let dst = DestinationStub::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(control_tls(&fx.pki, &cp("linkerd-destination"), true)),
+    )
+    .await;
+    let web = MeshedWorkload::start(&fx.pki, WEB_ID, false).await;
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, WEB_ID, false)]),
+    );
+    std::fs::write(fx.path("token"), TOKEN).unwrap();
+    let mut gw = Gateway::launch(
+        &fx,
+        &[
+            "--identity-svc-addr".into(),
+            non_loopback(identity.addr).into(),
+            "--identity-svc-name".into(),
+            cp("linkerd-identity").into(),
+            "--identity".into(),
+            GATEWAY_ID.into(),
+            "--identity-token-file".into(),
+            fx.path("token").into(),
+            "--destination-svc-addr".into(),
+            non_loopback(dst.addr).into(),
+            "--destination-svc-name".into(),
+            cp("linkerd-destination").into(),
+        ],
+    );
+    tokio::task::block_in_place(|| gw.wait_ready(Duration::from_secs(20)));
+    let (status, body, _) = get_over_h1(&fx, &gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", gw.log_text());
+    assert!(body.contains(&format!("client={GATEWAY_ID}")), "{body}");
+    assert_eq!(dst.gets(), 1);
+
+    // A destination service that cannot prove its name is not believed.
+    let impostor = DestinationStub::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(control_tls(&fx.pki, &cp("linkerd-impostor"), true)),
+    )
+    .await;
+    impostor.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![meshed(web.addr, WEB_ID, false)]),
+    );
+    let gw2 = Gateway::start(
+        &fx,
+        &[
+            "--destination-svc-addr",
+            &non_loopback(impostor.addr),
+            "--destination-svc-name",
+            &cp("linkerd-destination"),
+        ],
+    );
+    let (status, _, headers) = get_over_h1(&fx, &gw2).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        headers["l5d-proxy-error"],
+        "no endpoints within the failfast timeout"
+    );
+    assert_eq!(impostor.gets(), 0);
+    assert!(
+        gw2.log_text().contains("destination watch broken"),
+        "{}",
+        gw2.log_text()
+    );
+}
