@@ -10,6 +10,8 @@ use identity::Identity;
 use crate::{authority::Authority, errors::ProxyError};
 
 pub const L5D_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
+/// The target's `name:port`, which Linkerd's gateway adds to requests it forwards.
+pub const L5D_DST_CANONICAL: HeaderName = HeaderName::from_static("l5d-dst-canonical");
 pub const L5D_PROXY_ERROR: HeaderName = HeaderName::from_static("l5d-proxy-error");
 pub const L5D_PROXY_CONNECTION: HeaderName = HeaderName::from_static("l5d-proxy-connection");
 /// Set by a Linkerd source proxy that upgraded an HTTP/1 request to HTTP/2 for the hop.

@@ -431,10 +431,11 @@ async fn backend_handle(
                     .join(" | ")
             };
             let body = format!(
-                "version={:?}\nhost={}\nl5d-client-id={}\nforwarded={}\nconnection={}\nx-secret={}\n",
+                "version={:?}\nhost={}\nl5d-client-id={}\nl5d-dst-canonical={}\nforwarded={}\nconnection={}\nx-secret={}\n",
                 req.version(),
                 h("host"),
                 h("l5d-client-id"),
+                h("l5d-dst-canonical"),
                 h("forwarded"),
                 h("connection"),
                 h("x-secret"),

@@ -81,15 +81,21 @@ async fn curl_http1_and_http2_through_the_gateway() {
         );
         // The backend gets HTTP/1.1 with the caller's verified identity, never the forged one.
         assert!(body.contains("version=HTTP/1.1"), "{body}");
-        assert!(body.contains(&format!("host={WEB_SVC}:80")), "{body}");
+        // As Linkerd's gateway writes them: Host and Forwarded host without the default
+        // port, and the service's canonical name.
+        assert!(body.contains(&format!("host={WEB_SVC}\n")), "{body}");
         assert!(
             body.contains(&format!("l5d-client-id={VOTE_BOT_ID}\n")),
             "{body}"
         );
         assert!(
             body.contains(&format!(
-                "forwarded=by={GATEWAY_ID};for={VOTE_BOT_ID};host={WEB_SVC}:80;proto=https"
+                "forwarded=by={GATEWAY_ID};for={VOTE_BOT_ID};host={WEB_SVC};proto=https"
             )),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("l5d-dst-canonical={WEB_SVC}:80\n")),
             "{body}"
         );
         // Hop-by-hop headers, and the ones Connection names, stop at the gateway. (HTTP/2 has

@@ -71,7 +71,7 @@ async fn http2_with_orig_proto_reaches_an_http1_backend_and_is_marked() {
             body.contains(&format!("version={version}")),
             "{orig}: {body}"
         );
-        assert!(body.contains(&format!("host={WEB_SVC}:80")), "{body}");
+        assert!(body.contains(&format!("host={WEB_SVC}\n")), "{body}");
         assert!(
             body.contains(&format!("l5d-client-id={VOTE_BOT_ID}")),
             "{body}"
@@ -162,7 +162,7 @@ async fn http1_session_with_websocket_upgrade_and_no_host() {
         .unwrap();
     let text = read_head_and_some(&mut io).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains(&format!("host={WEB_SVC}:80")), "{text}");
+    assert!(text.contains(&format!("host={WEB_SVC}\n")), "{text}");
     // Then an upgrade on a fresh connection.
     let mut io = linkerd_connect(
         &fx,

@@ -24,7 +24,8 @@ use crate::{
     errors::ProxyError,
     headers::{
         is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
-        FORWARDED, L5D_CLIENT_ID, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION, L5D_PROXY_ERROR,
+        FORWARDED, L5D_CLIENT_ID, L5D_DST_CANONICAL, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
+        L5D_PROXY_ERROR,
     },
     metrics,
     routing::{Protocol, Target},
@@ -267,9 +268,11 @@ async fn proxy(
         .clone()
         .ok_or(ProxyError::BadAuthority)?;
     headers.insert(L5D_CLIENT_ID, client_id);
+    // As Linkerd's gateway does on its outbound side: the service's fully qualified name.
+    headers.insert(L5D_DST_CANONICAL, target.canonical_header.clone());
     let mut forwarded = String::with_capacity(ctx.forwarded_prefix.len() + 80);
     forwarded.push_str(&ctx.forwarded_prefix);
-    forwarded.push_str(target.name.as_str());
+    forwarded.push_str(&target.host);
     forwarded.push_str(";proto=https");
     headers.append(
         FORWARDED,

@@ -91,8 +91,13 @@ struct Watched {
 #[derive(Debug)]
 pub struct Target {
     pub name: Authority,
-    /// `name` as the `Host` header HTTP/1.1 upstreams get.
+    /// `name` as Linkerd's gateway writes it in `Host` and `Forwarded: host=`: without the
+    /// port when it is HTTP's default (80), else `host:port`.
+    pub host: Box<str>,
+    /// `host` as the `Host` header HTTP/1.1 upstreams get.
     pub host_header: http::HeaderValue,
+    /// `name:port`, the `l5d-dst-canonical` value.
+    pub canonical_header: http::HeaderValue,
     /// `name` as the `:authority` HTTP/2 upstreams get.
     pub uri_authority: http::uri::Authority,
     pub protocol: Protocol,
@@ -138,9 +143,17 @@ impl Target {
         balancer: Balancer,
         watched: Option<Watched>,
     ) -> Result<Self, ProxyError> {
+        let host: Box<str> = if name.port() == crate::authority::DEFAULT_PORT {
+            name.host().into()
+        } else {
+            name.as_str().into()
+        };
         Ok(Self {
-            host_header: http::HeaderValue::from_str(name.as_str())
+            host_header: http::HeaderValue::from_str(&host)
                 .map_err(|_| ProxyError::BadAuthority)?,
+            canonical_header: http::HeaderValue::from_str(name.as_str())
+                .map_err(|_| ProxyError::BadAuthority)?,
+            host,
             uri_authority: name
                 .as_str()
                 .parse()
