@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use identity::{Identity, LeafOptions, Pki, Validity};
 use tokio::net::TcpListener;
 
-pub mod control;
+pub use control_plane as control;
 pub mod mesh;
 
 pub const GATEWAY_ID: &str =

@@ -141,6 +141,19 @@ enum Cmd {
         dir: PathBuf,
     },
     #[command(hide = true)]
+    ControlPlane {
+        #[arg(long)]
+        identity: SocketAddr,
+        #[arg(long)]
+        destination: SocketAddr,
+        #[arg(long)]
+        policy: SocketAddr,
+        #[arg(long)]
+        web_endpoint: SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    #[command(hide = true)]
     WebSvc {
         #[arg(long)]
         listen: SocketAddr,
@@ -338,6 +351,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_install,
             fuzz_seconds,
         }),
+        Cmd::ControlPlane {
+            identity,
+            destination,
+            policy,
+            web_endpoint,
+            dir,
+        } => runtime()?.block_on(demo::control::run(
+            demo::control::ControlPlaneOptions {
+                identity,
+                destination,
+                policy,
+                web_endpoint,
+            },
+            &dir,
+        )),
         Cmd::WebSvc { listen } => runtime()?.block_on(demo::emojivoto::web_svc(listen)),
         Cmd::VoteBot {
             target,

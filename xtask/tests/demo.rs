@@ -67,9 +67,21 @@ fn run_demo(netns: &str) -> String {
         ),
         "{stdout}"
     );
+    // The in-cluster hop: web-svc's meshed inbound saw the gateway, by the identity it got
+    // from east's identity service.
+    let web_side = stdout
+        .split("web-svc's proxy saw")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        web_side.contains(
+            "client_id=linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local tls=true"
+        ),
+        "{stdout}"
+    );
     // Every process the demo started was stopped.
     assert_none_running(&demo_dir.display().to_string());
-    assert_none_running("xtask (web-svc|vote-bot|wan) ");
+    assert_none_running("xtask (web-svc|vote-bot|wan|control-plane) ");
     stdout.into_owned()
 }
 

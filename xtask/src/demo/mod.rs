@@ -1,7 +1,10 @@
-//! `cargo xtask demo`: the tutorial's two regions on this machine. East runs our gateway in
-//! front of `web-svc`; west runs `vote-bot` and the outbound proxy that plays its Linkerd
-//! sidecar; a user-space WAN link between them adds the SFO–Sydney round trip.
+//! `cargo xtask demo`: the tutorial's two regions on this machine. East runs a small Linkerd
+//! control plane, `web-svc` behind a meshed inbound that requires mTLS, and our gateway as a
+//! member of that mesh (its identity from Certify, `web-svc`'s endpoint from discovery, its
+//! callers authorized by policy); west runs `vote-bot` and the outbound proxy that plays its
+//! Linkerd sidecar; a user-space WAN link between them adds the SFO–Sydney round trip.
 
+pub mod control;
 pub mod emojivoto;
 pub mod netns;
 pub mod procs;
@@ -24,6 +27,8 @@ pub const GATEWAY_ID: &str =
     "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
 pub const VOTE_BOT_ID: &str = "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 pub const WEB_SVC: &str = "web-svc.emojivoto.svc.cluster.local:80";
+/// web-svc's workload identity, which its meshed inbound proves to the gateway.
+pub const WEB_ID: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
 /// The mirrored name west's workloads use for east's web-svc.
 pub const WEB_SVC_EAST: &str = "web-svc-east.emojivoto.svc.cluster.local:80";
 
@@ -93,10 +98,14 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     )?;
     let west = east.sibling("identity-west.linkerd.cluster.local")?;
     std::fs::write(dir.join("root.crt"), &east.anchor.cert_pem)?;
-    east.leaf(GATEWAY_ID)?.write(dir, "gateway")?;
+    // East's identity service signs with this; the gateway gets its certificate from it.
+    std::fs::write(dir.join("issuer-east.crt"), &east.issuer.cert_pem)?;
+    std::fs::write(dir.join("issuer-east.key"), &east.issuer.key_pem)?;
+    std::fs::write(dir.join("gateway-token"), control_plane::TOKEN)?;
+    east.leaf(WEB_ID)?.write(dir, "web")?;
     west.leaf(VOTE_BOT_ID)?.write(dir, "vote-bot")?;
     println!("    trust anchor root.linkerd.cluster.local, issuers identity-east / identity-west");
-    println!("    east: {GATEWAY_ID}");
+    println!("    east: {GATEWAY_ID} (from east's identity service), {WEB_ID}");
     println!("    west: {VOTE_BOT_ID}");
     Ok(())
 }
@@ -118,6 +127,11 @@ fn credentials(dir: &Path, stem: &str) -> [std::ffi::OsString; 6] {
 struct Layout {
     netns: Option<netns::Netns>,
     web: SocketAddr,
+    /// web-svc's meshed inbound (its proxy) and that proxy's admin port.
+    web_inbound: SocketAddr,
+    web_admin: SocketAddr,
+    /// East's control plane: identity, destination, policy.
+    control: [SocketAddr; 3],
     gw: SocketAddr,
     admin: SocketAddr,
     /// Where the WAN link listens (east side) and where west dials: east's "public" address.
@@ -151,6 +165,9 @@ impl Layout {
         Ok(Self {
             netns: None,
             web: port(8080)?,
+            web_inbound: port(4144)?,
+            web_admin: port(4192)?,
+            control: [port(8081)?, port(8086)?, port(8090)?],
             gw,
             admin: port(4191)?,
             wan,
@@ -164,6 +181,13 @@ impl Layout {
         Ok(Self {
             netns: Some(ns),
             web: a("127.0.0.1:8080")?,
+            web_inbound: a("127.0.0.1:4144")?,
+            web_admin: a("127.0.0.1:4192")?,
+            control: [
+                a("127.0.0.1:8081")?,
+                a("127.0.0.1:8086")?,
+                a("127.0.0.1:8090")?,
+            ],
             gw: a("127.0.0.1:4143")?,
             admin: a("127.0.0.1:4191")?,
             wan: a(&format!("{}:4143", netns::EAST_IP))?,
@@ -339,22 +363,86 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         layout.outbound,
     );
 
+    let (web_inbound, web_admin) = (layout.web_inbound, layout.web_admin);
+    let [identity_svc, destination_svc, policy_svc] = layout.control;
     step(&format!(
-        "east (syd1): web-svc on {web}, gateway on {gw} (admin {admin})"
+        "east (syd1): control plane (identity {identity_svc}, destination {destination_svc}, policy {policy_svc})"
+    ));
+    let mut c = netns::command(east, &me);
+    c.args([
+        "control-plane",
+        "--identity",
+        &identity_svc.to_string(),
+        "--destination",
+        &destination_svc.to_string(),
+        "--policy",
+        &policy_svc.to_string(),
+        "--web-endpoint",
+        &web_inbound.to_string(),
+    ])
+    .arg("--dir")
+    .arg(&dir);
+    procs.spawn("control-plane", c, &dir.join("control-plane.log"), false)?;
+    // It says so on stderr once all three services listen.
+    let cp_log = dir.join("control-plane.log");
+    wait_until(
+        &mut procs,
+        "the control plane",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&cp_log).is_ok_and(|l| l.contains("control plane:")),
+    )?;
+    step(&format!(
+        "east: web-svc on {web} behind its meshed inbound on {web_inbound} (mTLS required)"
     ));
     let mut c = netns::command(east, &me);
     c.args(["web-svc", "--listen", &web.to_string()]);
     procs.spawn("web-svc", c, &dir.join("web-svc.log"), false)?;
+    // web-svc's proxy: the gateway binary serving as a workload's inbound, which requires a
+    // mesh client certificate and passes requests to the app in plaintext.
     let mut c = netns::command(east, &bin.join("gateway"));
     c.args([
         "--listen",
-        &gw.to_string(),
+        &web_inbound.to_string(),
         "--admin-listen",
-        &admin.to_string(),
+        &web_admin.to_string(),
     ])
-    .args(credentials(&dir, "gateway"))
+    .args(credentials(&dir, "web"))
     .args(["--route", &format!("{WEB_SVC}={web}")])
-    .args([
+    .env("RUST_LOG", "info");
+    procs.spawn("web-inbound", c, &dir.join("web-inbound.log"), false)?;
+    step(&format!(
+        "east: the gateway on {gw} (admin {admin}), a member of east's mesh"
+    ));
+    let root_pem = std::fs::read_to_string(dir.join("root.crt"))?;
+    let mut c = netns::command(east, &bin.join("gateway"));
+    // Configured as Linkerd's injector configures its proxy.
+    for (k, v) in [
+        ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", gw.to_string()),
+        ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string()),
+        (
+            "LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
+            "svc.cluster.local.".to_string(),
+        ),
+        ("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", root_pem),
+        ("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", GATEWAY_ID.to_string()),
+        (
+            "LINKERD2_PROXY_IDENTITY_TOKEN_FILE",
+            dir.join("gateway-token").display().to_string(),
+        ),
+        ("LINKERD2_PROXY_IDENTITY_SVC_ADDR", identity_svc.to_string()),
+        (
+            "LINKERD2_PROXY_DESTINATION_SVC_ADDR",
+            destination_svc.to_string(),
+        ),
+        ("LINKERD2_PROXY_POLICY_SVC_ADDR", policy_svc.to_string()),
+        (
+            "LINKERD2_PROXY_POLICY_WORKLOAD",
+            r#"{"ns":"linkerd-multicluster","pod":"linkerd-gateway-0"}"#.to_string(),
+        ),
+    ] {
+        c.env(k, v);
+    }
+    c.args([
         "--allow-client",
         "*.emojivoto.serviceaccount.identity.linkerd.cluster.local",
     ])
@@ -366,6 +454,16 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
             .get(east, web, "/api/list")
             .is_some_and(|(s, _)| s == 200)
     })?;
+    wait_until(
+        &mut procs,
+        "web-svc's inbound",
+        Duration::from_secs(20),
+        || {
+            layout
+                .get(east, web_admin, "/ready")
+                .is_some_and(|(s, _)| s == 200)
+        },
+    )?;
     wait_until(&mut procs, "the gateway", Duration::from_secs(20), || {
         layout
             .get(east, admin, "/ready")
@@ -482,6 +580,10 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         .get(east, admin, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
+    let web_metrics = layout
+        .get(east, web_admin, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     std::thread::sleep(Duration::from_millis(200));
     stop_tap.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = tap.join();
@@ -507,6 +609,10 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
     );
     println!("    gateway saw:");
     for (id, n) in callers_seen(&metrics) {
+        println!("      client_id={id} tls=true requests={n}");
+    }
+    println!("    web-svc's proxy saw (the in-cluster hop, mTLS):");
+    for (id, n) in callers_seen(&web_metrics) {
         println!("      client_id={id} tls=true requests={n}");
     }
     println!(
@@ -553,6 +659,6 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
             dir.join("vote-bot.log").display()
         );
     }
-    println!("==> done: every request crossed the WAN over mutual TLS");
+    println!("==> done: every request crossed the WAN and the cluster over mutual TLS");
     Ok(())
 }

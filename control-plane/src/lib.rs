@@ -1,6 +1,11 @@
-//! Stand-ins for Linkerd's control plane, built from the same API crate the real one speaks
-//! (`linkerd2-proxy-api`'s tonic servers), served over plaintext HTTP/2 on loopback as a
-//! Linkerd proxy expects for loopback control-plane addresses.
+//! A small stand-in for Linkerd's control plane, built from the same API crate the real one
+//! speaks (`linkerd2-proxy-api`'s tonic servers): `linkerd-identity` (Certify, signing with an
+//! issuer), `linkerd-destination` (Get, endpoints set by the caller) and `linkerd-policy`
+//! (WatchPort). Served over plaintext HTTP/2 on loopback, as a Linkerd proxy expects for
+//! loopback control-plane addresses, or over TLS. The end-to-end tests drive it to test the
+//! gateway against each service's behaviours, good and bad; `cargo xtask demo` runs it in east.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::{
     net::SocketAddr,
@@ -16,12 +21,28 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use identity::{Identity, LeafOptions, Pki, Validity};
+use identity::{Identity, LeafOptions, Pki, Signer, Validity};
 use linkerd2_proxy_api::identity::{
     identity_server::{Identity as IdentityApi, IdentityServer},
     CertifyRequest, CertifyResponse,
 };
 use tokio::net::TcpListener;
+
+/// A workload identity the identity service can wrongly answer with.
+const OTHER_WORKLOAD: &str = "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local";
+
+/// A channel receiver as a `Stream` (what tonic's streaming responses take).
+pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
 
 /// The token the stub identity service accepts (what a projected token file holds).
 pub const TOKEN: &str = "eyJ-test-token-for-linkerd-gateway";
@@ -42,7 +63,7 @@ pub enum IdentityAnswer {
 }
 
 struct IdentitySvc {
-    pki: Arc<Pki>,
+    issuer: Signer,
     foreign: Pki,
     leaf: LeafOptions,
     answer: Arc<Mutex<IdentityAnswer>>,
@@ -73,7 +94,7 @@ impl IdentityApi for IdentitySvc {
                 }))
             }
             IdentityAnswer::Sign => identity::issue_for_request(
-                self.pki.issuer_signer(),
+                &self.issuer,
                 &req.certificate_signing_request,
                 &id,
                 self.leaf,
@@ -85,8 +106,8 @@ impl IdentityApi for IdentitySvc {
                 self.leaf,
             ),
             IdentityAnswer::OtherWorkload => {
-                let other = Identity::parse(crate::VOTE_BOT_ID).expect("id");
-                let g = identity::issue_leaf(self.pki.issuer_signer(), &other, self.leaf)
+                let other = Identity::parse(OTHER_WORKLOAD).expect("id");
+                let g = identity::issue_leaf(&self.issuer, &other, self.leaf)
                     .map_err(|e| tonic::Status::internal(e.to_string()))?;
                 return Ok(tonic::Response::new(CertifyResponse {
                     leaf_certificate: g.cert_der.to_vec(),
@@ -127,12 +148,28 @@ impl IdentityStub {
         lifetime: Duration,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Self {
+        let issuer = Signer::from_pem(
+            pki.issuer.cert_pem.as_bytes(),
+            pki.issuer.key_pem.as_bytes(),
+            "issuer",
+        )
+        .expect("issuer");
+        Self::with_issuer(issuer, addr, lifetime, tls).await
+    }
+
+    /// Signs with `issuer` (a mesh's issuer, loaded from its files).
+    pub async fn with_issuer(
+        issuer: Signer,
+        addr: SocketAddr,
+        lifetime: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind identity stub");
         let addr = listener.local_addr().expect("addr");
         let answer = Arc::new(Mutex::new(IdentityAnswer::Sign));
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = IdentityServer::new(IdentitySvc {
-            pki,
+            issuer,
             foreign: Pki::with_names("root.other.example", "issuer.other.example").expect("pki"),
             leaf: LeafOptions {
                 validity: Validity::from_now(lifetime),
@@ -313,11 +350,9 @@ struct DestinationSvc {
 
 #[tonic::async_trait]
 impl linkerd2_proxy_api::destination::destination_server::Destination for DestinationSvc {
-    type GetStream =
-        crate::ReceiverStream<Result<linkerd2_proxy_api::destination::Update, tonic::Status>>;
-    type GetProfileStream = crate::ReceiverStream<
-        Result<linkerd2_proxy_api::destination::DestinationProfile, tonic::Status>,
-    >;
+    type GetStream = ReceiverStream<Result<linkerd2_proxy_api::destination::Update, tonic::Status>>;
+    type GetProfileStream =
+        ReceiverStream<Result<linkerd2_proxy_api::destination::DestinationProfile, tonic::Status>>;
 
     async fn get(
         &self,
@@ -402,7 +437,7 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
                 }
             }
         });
-        Ok(tonic::Response::new(crate::ReceiverStream(rx)))
+        Ok(tonic::Response::new(ReceiverStream(rx)))
     }
 
     async fn get_profile(
@@ -563,7 +598,7 @@ impl linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerP
     }
 
     type WatchPortStream =
-        crate::ReceiverStream<Result<linkerd2_proxy_api::inbound::Server, tonic::Status>>;
+        ReceiverStream<Result<linkerd2_proxy_api::inbound::Server, tonic::Status>>;
 
     async fn watch_port(
         &self,
@@ -584,7 +619,7 @@ impl linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerP
                 }
             }
         });
-        Ok(tonic::Response::new(crate::ReceiverStream(rx)))
+        Ok(tonic::Response::new(ReceiverStream(rx)))
     }
 }
 
@@ -598,9 +633,12 @@ pub struct PolicyStub {
 
 impl PolicyStub {
     pub async fn start(answer: PolicyAnswer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind policy stub");
+        Self::start_at("127.0.0.1:0".parse().expect("addr"), answer).await
+    }
+
+    /// As [`start`](Self::start), on `addr`.
+    pub async fn start_at(addr: SocketAddr, answer: PolicyAnswer) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind policy stub");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::watch::channel(answer);
         let watches = Arc::new(Mutex::new(Vec::new()));
