@@ -662,3 +662,82 @@ async fn renewed_certificate_is_served_without_restart_and_a_bad_one_is_refused(
     }
     assert!(gw.log_text().contains("reloaded certificate"));
 }
+
+/// User plus system CPU time of `pid` so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_gateway_waits_instead_of_spinning_and_recovers() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+    let pid = gw.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Room for a few more descriptors, then none.
+    let limit = open_fds + 8;
+    let ok = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "prlimit failed");
+    // Plain TCP connections that never handshake: the first few take the last descriptors,
+    // the rest wait in the kernel's backlog while accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(std::net::TcpStream::connect(gw.listen).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(pid) - before;
+    // A spinning accept loop would burn most of the second (about 100 ticks).
+    assert!(
+        spent < 20,
+        "{spent} ticks of CPU in one second while out of descriptors"
+    );
+    // Freeing descriptors lets it accept again at once, and real callers are served.
+    drop(held);
+    let started = std::time::Instant::now();
+    let mut send = loop {
+        match h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"])).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "no recovery: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let req = Request::get(format!("http://{WEB_SVC}/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let log = gw.log_text();
+    assert!(log.contains("cannot accept: out of resources"), "{log}");
+    assert!(
+        gw.metrics()
+            .contains("gateway_accept_backoffs_total{listener=\"gateway\"}"),
+        "{}",
+        gw.metrics()
+    );
+}
