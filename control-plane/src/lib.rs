@@ -60,6 +60,8 @@ pub enum IdentityAnswer {
     Garbage,
     /// gRPC UNAVAILABLE.
     Unavailable,
+    /// An answer of several megabytes.
+    Oversized,
 }
 
 struct IdentitySvc {
@@ -86,6 +88,13 @@ impl IdentityApi for IdentitySvc {
         let answer = *self.answer.lock().unwrap_or_else(|p| p.into_inner());
         let issued = match answer {
             IdentityAnswer::Unavailable => return Err(tonic::Status::unavailable("stub is down")),
+            IdentityAnswer::Oversized => {
+                return Ok(tonic::Response::new(CertifyResponse {
+                    leaf_certificate: vec![0x30; 3 * 1024 * 1024],
+                    intermediate_certificates: vec![],
+                    valid_until: None,
+                }))
+            }
             IdentityAnswer::Garbage => {
                 return Ok(tonic::Response::new(CertifyResponse {
                     leaf_certificate: b"garbage".to_vec(),

@@ -154,6 +154,8 @@ async fn bad_answers_are_refused_and_logged() {
         (IdentityAnswer::Garbage, "reason=\"bad_certificate\""),
         (IdentityAnswer::ForeignAnchor, "reason=\"unknown_issuer\""),
         (IdentityAnswer::OtherWorkload, "reason=\"bad_certificate\""),
+        // Refused by the size bound before it is decoded.
+        (IdentityAnswer::Oversized, "reason=\"refused\""),
     ] {
         stub.answer(answer);
         let before = stub.calls();
