@@ -99,6 +99,8 @@ impl DefaultPolicy {
 /// The gateway port's current policy.
 pub struct Policy {
     current: RwLock<Arc<ServerPolicy>>,
+    /// Bumped at every update, so open streams can check they are still authorized.
+    version: tokio::sync::watch::Sender<u64>,
     /// The `srv_port` label.
     port: String,
 }
@@ -108,6 +110,7 @@ impl Policy {
     pub fn new(default: DefaultPolicy, client: Option<PolicyClient>, port: u16) -> Arc<Self> {
         let this = Arc::new(Self {
             current: RwLock::new(Arc::new(default.server())),
+            version: tokio::sync::watch::Sender::new(0),
             port: port.to_string(),
         });
         if let Some(client) = client {
@@ -128,6 +131,36 @@ impl Policy {
         match self.current.write() {
             Ok(mut g) => *g = p,
             Err(poisoned) => *poisoned.into_inner() = p,
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// Resolves when a policy update no longer authorizes an open stream from `client` at
+    /// `ip`, counting it in `inbound_tcp_authz_terminate_total`; Linkerd's proxy closes such
+    /// streams too.
+    pub async fn revoked(&self, client: &Identity, ip: IpAddr) {
+        let mut updates = self.version.subscribe();
+        loop {
+            if updates.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let p = self.current();
+            if !p
+                .authorizations
+                .iter()
+                .any(|a| a.permits(ip, Some(client.as_str())))
+            {
+                counter!(
+                    "inbound_tcp_authz_terminate_total",
+                    "srv_kind" => p.kind.clone(),
+                    "srv_name" => p.name.clone(),
+                    "srv_port" => self.port.clone(),
+                    "tls" => "true",
+                    "client_id" => client.to_string()
+                )
+                .increment(1);
+                return;
+            }
         }
     }
 

@@ -22,27 +22,37 @@ pub enum Spliced {
     Failed(io::Error),
     /// Still open at the drain deadline; both sides were shut down.
     ClosedByDrain,
+    /// Ended by `stop` (an authorization revoked); both sides were shut down.
+    Stopped,
 }
 
-/// Copies between `a` and `b` until both have finished, or until the drain deadline, when
-/// both are shut down cleanly and the close is counted under `kind`.
-pub async fn splice<A, B>(a: &mut A, b: &mut B, drain: &Drain, kind: &'static str) -> Spliced
+/// Copies between `a` and `b` until both have finished, or until the drain deadline (the
+/// close counted under `kind`) or `stop` resolves; then both are shut down cleanly.
+pub async fn splice<A, B>(
+    a: &mut A,
+    b: &mut B,
+    drain: &Drain,
+    kind: &'static str,
+    stop: impl std::future::Future<Output = ()>,
+) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(a, b) => match r {
+    let ended = tokio::select! {
+        r = tokio::io::copy_bidirectional(a, b) => return match r {
             Ok((a_to_b, b_to_a)) => Spliced::Done { a_to_b, b_to_a },
             Err(e) => Spliced::Failed(e),
         },
         _ = drain.closing() => {
             metrics::drain_closed(kind);
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, a.shutdown()).await;
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, b.shutdown()).await;
             Spliced::ClosedByDrain
         }
-    }
+        _ = stop => Spliced::Stopped,
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, a.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, b.shutdown()).await;
+    ended
 }
 
 #[cfg(test)]
@@ -59,7 +69,7 @@ mod tests {
         let d = drain.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         drain.spawn(async move {
-            let _ = tx.send(splice(&mut a, &mut b, &d, "test").await);
+            let _ = tx.send(splice(&mut a, &mut b, &d, "test", std::future::pending()).await);
         });
         a_outer.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];

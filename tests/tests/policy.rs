@@ -115,7 +115,22 @@ async fn unauthorized_callers_get_403_per_request_and_updates_apply_without_rest
     policy.set(PolicyAnswer::Invalid);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status(&mut send).await.0, StatusCode::OK);
+    // An open opaque stream the policy stops authorizing is closed.
+    let mut io = linkerd_connect(&fx, gw.listen, &header).await.unwrap();
+    io.write_all(b"held open").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    policy.set(only(GATEWAY_ID));
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    assert!(
+        gw.log_text()
+            .contains("the policy no longer authorizes the caller"),
+        "{}",
+        gw.log_text()
+    );
     let m = gw.metrics();
+    assert!(m.contains("inbound_tcp_authz_terminate_total{"), "{m}");
     assert!(
         m.contains(
             "inbound_http_authz_deny_total{srv_kind=\"server\",srv_name=\"linkerd-gateway\""

@@ -301,7 +301,9 @@ async fn proxy(
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        match splice(&mut c, &mut u, &drain, "upgrade").await {
+                        match splice(&mut c, &mut u, &drain, "upgrade", std::future::pending())
+                            .await
+                        {
                             Spliced::Done { .. } => {}
                             Spliced::Failed(e) => {
                                 tracing::debug!(%peer, error = %e, "upgraded stream ended")
@@ -309,6 +311,7 @@ async fn proxy(
                             Spliced::ClosedByDrain => {
                                 tracing::info!(%peer, "upgraded stream closed at the drain deadline")
                             }
+                            Spliced::Stopped => {}
                         }
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),

@@ -28,7 +28,14 @@ where
         tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");
     })?;
     let started = Instant::now();
-    match splice(&mut io, &mut upstream, &gw.drain, "opaque").await {
+    // With a policy, a stream it stops authorizing is closed, as Linkerd's proxy does.
+    let revoked = async {
+        match &gw.policy {
+            Some(p) => p.revoked(&conn.client_id, conn.peer.ip()).await,
+            None => std::future::pending().await,
+        }
+    };
+    match splice(&mut io, &mut upstream, &gw.drain, "opaque", revoked).await {
         Spliced::Done { a_to_b, b_to_a } => {
             if gw.access_log {
                 tracing::info!(
@@ -45,6 +52,9 @@ where
         }
         Spliced::ClosedByDrain => {
             tracing::info!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, "opaque stream closed at the drain deadline");
+        }
+        Spliced::Stopped => {
+            tracing::warn!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, "opaque stream closed: the policy no longer authorizes the caller");
         }
     }
     drop(inflight);
