@@ -191,6 +191,7 @@ fn meta(d: &Discovered) -> EndpointMeta {
         identity: d.identity.clone(),
         http2: d.http2,
         opaque_transport: d.opaque_transport,
+        weight: d.weight,
     }
 }
 

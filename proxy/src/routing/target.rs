@@ -27,6 +27,9 @@ pub struct EndpointMeta {
     pub http2: bool,
     /// Opaque streams go to this port of the endpoint's proxy with a transport header.
     pub opaque_transport: Option<u16>,
+    /// Relative share of requests (discovery's weight; 0 for static and DNS endpoints, which
+    /// all weigh the same).
+    pub weight: u32,
 }
 
 /// One address of a target, with its in-flight request count for balancing.
@@ -51,6 +54,14 @@ impl Endpoint {
 
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Whether this endpoint is less loaded than `other`, counting the request about to be
+    /// placed and scaling by weight: (outstanding + 1) / weight, compared without division.
+    fn lighter_than(&self, other: &Endpoint) -> bool {
+        let w = |e: &Endpoint| u64::from(e.meta.weight.max(1));
+        let load = |e: &Endpoint| e.outstanding() as u64 + 1;
+        load(self) * w(other) < load(other) * w(self)
     }
 }
 
@@ -274,7 +285,7 @@ impl Target {
                     let a = (r as usize) % n;
                     // A second, different index: offset by 1..n.
                     let b = (a + 1 + ((r >> 32) as usize) % (n - 1)) % n;
-                    if endpoints[b].outstanding() < endpoints[a].outstanding() {
+                    if endpoints[b].lighter_than(&endpoints[a]) {
                         b
                     } else {
                         a
@@ -282,10 +293,13 @@ impl Target {
                 }
                 Balancer::LeastOutstanding => {
                     let start = (fast_random() as usize) % n;
-                    (0..n)
-                        .map(|k| (start + k) % n)
-                        .min_by_key(|&k| endpoints[k].outstanding())
-                        .unwrap_or(0)
+                    (0..n).map(|k| (start + k) % n).fold(start, |best, k| {
+                        if endpoints[k].lighter_than(&endpoints[best]) {
+                            k
+                        } else {
+                            best
+                        }
+                    })
                 }
             },
         };
@@ -323,6 +337,28 @@ mod tests {
 
     fn addr(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    #[test]
+    fn heavier_endpoints_take_more_of_the_load() {
+        let name = Authority::parse("web-svc.emojivoto.svc.cluster.local:80").unwrap();
+        let t = Arc::new(Target::watched(name, Protocol::Http1, Balancer::P2c).unwrap());
+        let meta = |weight| EndpointMeta {
+            weight,
+            ..Default::default()
+        };
+        t.set_endpoints(vec![
+            Arc::new(Endpoint::new(addr(1), meta(10_000))),
+            Arc::new(Endpoint::new(addr(2), meta(30_000))),
+        ]);
+        // With two endpoints P2C compares both every time: loads stay in a 1:3 ratio (a tie
+        // goes either way, so within one request of it).
+        let held: Vec<_> = (0..40).map(|_| t.try_pick().unwrap()).collect();
+        let eps = t.endpoints();
+        let (light, heavy) = (eps[0].outstanding(), eps[1].outstanding());
+        assert_eq!(light + heavy, 40);
+        assert!((9..=11).contains(&light), "{light}:{heavy}");
+        drop(held);
     }
 
     #[tokio::test(start_paused = true)]
