@@ -205,7 +205,20 @@ pub fn decode(server: Server) -> Result<ServerPolicy, PolicyError> {
         Some(proxy_protocol::Kind::Detect(d)) => d.http_routes,
         Some(proxy_protocol::Kind::Http1(h)) => h.routes,
         Some(proxy_protocol::Kind::Http2(h)) => h.routes,
-        // gRPC routes and opaque/TLS servers: the server's authorizations apply.
+        Some(proxy_protocol::Kind::Grpc(g)) => {
+            let http_routes = g
+                .routes
+                .into_iter()
+                .map(grpc_route)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(ServerPolicy {
+                kind,
+                name,
+                authorizations,
+                http_routes,
+            });
+        }
+        // Opaque and TLS servers: the server's authorizations apply.
         Some(_) => Vec::new(),
     };
     let http_routes = routes
@@ -305,19 +318,7 @@ fn regex(r: &str) -> Result<regex::Regex, PolicyError> {
 
 fn route(r: PbHttpRoute) -> Result<HttpRoute, PolicyError> {
     let (kind, name) = meta(r.metadata, &HashMap::new(), "httproute");
-    let hosts = r
-        .hosts
-        .into_iter()
-        .filter_map(|h| h.r#match)
-        .map(|m| match m {
-            pb_route::host_match::Match::Exact(e) => HostMatch::Exact(e.to_ascii_lowercase()),
-            pb_route::host_match::Match::Suffix(s) => {
-                let mut labels = s.reverse_labels;
-                labels.reverse();
-                HostMatch::Suffix(format!(".{}", labels.join(".").to_ascii_lowercase()))
-            }
-        })
-        .collect();
+    let hosts = hosts(r.hosts);
     let mut matches = Vec::new();
     for rule in r.rules {
         for m in rule.matches {
@@ -338,15 +339,66 @@ fn route(r: PbHttpRoute) -> Result<HttpRoute, PolicyError> {
     })
 }
 
-fn route_match(m: pb_route::HttpRouteMatch) -> Result<RouteMatch, PolicyError> {
-    let path = match m.path.and_then(|p| p.kind) {
-        None => None,
-        Some(pb_route::path_match::Kind::Exact(p)) => Some(PathMatch::Exact(p)),
-        Some(pb_route::path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p)),
-        Some(pb_route::path_match::Kind::Regex(r)) => Some(PathMatch::Regex(regex(&r)?)),
-    };
-    let headers = m
-        .headers
+/// A gRPC route as the HTTP route it is on the wire: `/<service>/<method>` paths.
+fn grpc_route(r: linkerd2_proxy_api::inbound::GrpcRoute) -> Result<HttpRoute, PolicyError> {
+    let (kind, name) = meta(r.metadata, &HashMap::new(), "grpcroute");
+    let hosts = hosts(r.hosts);
+    let mut matches = Vec::new();
+    for rule in r.rules {
+        for m in rule.matches {
+            let path = match m.rpc {
+                None => None,
+                Some(rpc) => match (rpc.service.as_str(), rpc.method.as_str()) {
+                    ("", "") => None,
+                    (svc, "") => Some(PathMatch::Prefix(format!("/{svc}"))),
+                    ("", method) => Some(PathMatch::Regex(regex(&format!(
+                        "^/[^/]+/{}$",
+                        regex::escape(method)
+                    ))?)),
+                    (svc, method) => Some(PathMatch::Exact(format!("/{svc}/{method}"))),
+                },
+            };
+            matches.push(RouteMatch {
+                path,
+                headers: header_matches(m.headers)?,
+                query: Vec::new(),
+                method: Some(http::Method::POST),
+            });
+        }
+    }
+    let authorizations = r
+        .authorizations
+        .into_iter()
+        .map(authorization)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HttpRoute {
+        kind,
+        name,
+        hosts,
+        matches,
+        authorizations,
+    })
+}
+
+fn hosts(hosts: Vec<pb_route::HostMatch>) -> Vec<HostMatch> {
+    hosts
+        .into_iter()
+        .filter_map(|h| h.r#match)
+        .map(|m| match m {
+            pb_route::host_match::Match::Exact(e) => HostMatch::Exact(e.to_ascii_lowercase()),
+            pb_route::host_match::Match::Suffix(s) => {
+                let mut labels = s.reverse_labels;
+                labels.reverse();
+                HostMatch::Suffix(format!(".{}", labels.join(".").to_ascii_lowercase()))
+            }
+        })
+        .collect()
+}
+
+fn header_matches(
+    headers: Vec<pb_route::HeaderMatch>,
+) -> Result<Vec<(http::HeaderName, ValueMatch)>, PolicyError> {
+    headers
         .into_iter()
         .map(|h| {
             let name = http::HeaderName::from_bytes(h.name.as_bytes())
@@ -358,7 +410,17 @@ fn route_match(m: pb_route::HttpRouteMatch) -> Result<RouteMatch, PolicyError> {
             };
             Ok((name, value))
         })
-        .collect::<Result<_, PolicyError>>()?;
+        .collect()
+}
+
+fn route_match(m: pb_route::HttpRouteMatch) -> Result<RouteMatch, PolicyError> {
+    let path = match m.path.and_then(|p| p.kind) {
+        None => None,
+        Some(pb_route::path_match::Kind::Exact(p)) => Some(PathMatch::Exact(p)),
+        Some(pb_route::path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p)),
+        Some(pb_route::path_match::Kind::Regex(r)) => Some(PathMatch::Regex(regex(&r)?)),
+    };
+    let headers = header_matches(m.headers)?;
     let query = m
         .query_params
         .into_iter()
@@ -613,6 +675,48 @@ mod tests {
         };
         assert!(decode(no_protocol).is_err());
         assert!(regex("(a+)+{99999999}").is_err());
+    }
+
+    #[test]
+    fn grpc_routes_match_service_and_method_paths() {
+        use linkerd2_proxy_api::grpc_route::{GrpcRouteMatch, GrpcRpcMatch};
+        let r = pb::GrpcRoute {
+            metadata: None,
+            hosts: vec![],
+            authorizations: vec![mesh_ids(&[], &[&["emojivoto", "serviceaccount"]])],
+            rules: vec![pb::grpc_route::Rule {
+                matches: vec![GrpcRouteMatch {
+                    rpc: Some(GrpcRpcMatch {
+                        service: "emojivoto.v1.VotingService".into(),
+                        method: "".into(),
+                    }),
+                    headers: vec![],
+                }],
+                filters: vec![],
+            }],
+        };
+        let route = grpc_route(r).unwrap();
+        let h = http::HeaderMap::new();
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        let host = "voting-svc.emojivoto.svc.cluster.local";
+        assert!(route.matches(
+            host,
+            &http::Method::POST,
+            &uri("/emojivoto.v1.VotingService/VoteDoughnut"),
+            &h
+        ));
+        assert!(!route.matches(
+            host,
+            &http::Method::POST,
+            &uri("/emojivoto.v1.EmojiService/ListAll"),
+            &h
+        ));
+        assert!(!route.matches(
+            host,
+            &http::Method::GET,
+            &uri("/emojivoto.v1.VotingService/VoteDoughnut"),
+            &h
+        ));
     }
 
     #[test]
