@@ -143,18 +143,24 @@ impl Gateway {
     pub fn launch(fx: &Fixture, args: &[std::ffi::OsString]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args([
+            "--listen",
+            &listen.to_string(),
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .arg("--trust-anchors")
+        .arg(fx.path("root.crt"))
+        .args(args)
+        .env("RUST_LOG", "info");
+        Self::spawn(fx, cmd, listen, admin)
+    }
+
+    /// Runs `cmd` with its log in the fixture's directory.
+    fn spawn(fx: &Fixture, mut cmd: Command, listen: SocketAddr, admin: SocketAddr) -> Self {
         let log = fx.path(&format!("gateway-{}.log", listen.port()));
-        let child = Command::new(gateway_bin())
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .arg("--trust-anchors")
-            .arg(fx.path("root.crt"))
-            .args(args)
-            .env("RUST_LOG", "info")
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -175,20 +181,10 @@ impl Gateway {
         admin: SocketAddr,
         env: &[(&str, String)],
     ) -> Self {
-        let log = fx.path(&format!("gateway-{}.log", listen.port()));
-        let child = Command::new(gateway_bin())
-            .env_remove("RUST_LOG")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn gateway");
-        Self {
-            child: Some(child),
-            listen,
-            admin,
-            log,
-        }
+        let mut cmd = Command::new(gateway_bin());
+        cmd.env_remove("RUST_LOG")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn(fx, cmd, listen, admin)
     }
 
     /// Whether `/ready` answers 200 now.
