@@ -6,8 +6,11 @@
 //! (accept, permits) → `tls` (handshake, caller identity) → `inbound` (the connection's kind:
 //! HTTP or opaque, from ALPN and the transport header) → `admission` (caller, loop, target) →
 //! [`routing`] (authority → target, balancing) → `upstream` (one dialer; HTTP/1.1 pools,
-//! HTTP/2 multiplexing, raw streams). Beside them: `admin` (4191), `metrics`, [`config`] and
-//! `drain` (shutdown). [`start`] wires them together; ARCHITECTURE.md has the map.
+//! HTTP/2 multiplexing, raw streams; mTLS to meshed endpoints). Beside them: `admin` (4191),
+//! `metrics`, [`config`], `drain` (shutdown), and the gateway's membership of the mesh:
+//! `cert_source` (its certificate, from files or `linkerd-identity`), `discovery`
+//! (`linkerd-destination`) and `policy` (`linkerd-policy`). [`start`] wires them together;
+//! ARCHITECTURE.md has the map.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
