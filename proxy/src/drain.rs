@@ -13,10 +13,18 @@
 use std::{
     future::Future,
     pin::{pin, Pin},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::{CancellationToken, WaitForCancellationFuture},
+    task::TaskTracker,
+};
 
 /// How long connections get to finish closing once the deadline has passed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -28,6 +36,11 @@ pub struct Drain {
     draining: CancellationToken,
     /// Cancelled at the drain deadline.
     closing: CancellationToken,
+    /// Set just before each token is cancelled: read on every poll of a [`Signal`] instead of
+    /// the token's own state, which sits behind a mutex that every connection would take on
+    /// every wake-up.
+    draining_set: Arc<AtomicBool>,
+    closing_set: Arc<AtomicBool>,
     /// Every connection and tunnel task, so the drain can wait for the last.
     tasks: TaskTracker,
 }
@@ -55,17 +68,17 @@ impl Drain {
     }
 
     /// Resolves when draining has begun.
-    pub async fn draining(&self) {
-        self.draining.cancelled().await
+    pub fn draining(&self) -> Signal<'_> {
+        Signal::new(&self.draining_set, self.draining.cancelled())
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.is_cancelled()
+        self.draining_set.load(Ordering::Acquire)
     }
 
     /// Resolves when the drain deadline has passed and what is open must close now.
-    pub async fn closing(&self) {
-        self.closing.cancelled().await
+    pub fn closing(&self) -> Signal<'_> {
+        Signal::new(&self.closing_set, self.closing.cancelled())
     }
 
     /// Drives an HTTP server connection: once draining begins, `graceful` asks it to finish
@@ -102,6 +115,7 @@ impl Drain {
     /// Begins draining, waits up to `deadline` for every task, then tells the rest to close
     /// and gives them a moment to do it cleanly.
     pub async fn run(self, deadline: Duration) -> Drained {
+        self.draining_set.store(true, Ordering::Release);
         self.draining.cancel();
         self.tasks.close();
         if tokio::time::timeout(deadline, self.tasks.wait())
@@ -111,6 +125,7 @@ impl Drain {
             return Drained::Clean;
         }
         let open = self.tasks.len();
+        self.closing_set.store(true, Ordering::Release);
         self.closing.cancel();
         if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
             .await
@@ -122,6 +137,48 @@ impl Drain {
             );
         }
         Drained::Closed { open }
+    }
+}
+
+/// A drain step as a future that costs one atomic load per poll once its task is registered
+/// for the wake-up: connections and streams poll it beside their I/O on every wake-up.
+pub struct Signal<'a> {
+    set: &'a AtomicBool,
+    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// The waker registered with `wait`; polled again only for a different one.
+    registered: Option<Waker>,
+}
+
+impl<'a> Signal<'a> {
+    fn new(set: &'a AtomicBool, wait: WaitForCancellationFuture<'a>) -> Self {
+        Self {
+            set,
+            wait: Box::pin(wait),
+            registered: None,
+        }
+    }
+}
+
+impl Future for Signal<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The flag is set before the token is cancelled, and cancelling wakes the registered
+        // waker, so a poll after the wake-up sees the flag.
+        if self.set.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let fresh = self
+            .registered
+            .as_ref()
+            .is_none_or(|w| !w.will_wake(cx.waker()));
+        if fresh {
+            if self.wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            self.registered = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -148,5 +205,33 @@ mod tests {
         assert_eq!(outcome, Drained::Closed { open: 1 });
         assert_eq!(drain.open(), 0);
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_registered_signal_wakes_when_draining_begins() {
+        let drain = Drain::new();
+        let d = drain.clone();
+        let waiter = tokio::spawn(async move {
+            let mut signal = std::pin::pin!(d.draining());
+            // Polled (and registered) many times before draining begins.
+            for _ in 0..3 {
+                assert!(futures_poll_once(signal.as_mut()).await.is_pending());
+            }
+            signal.await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!drain.is_draining());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let run = drain.clone().run(Duration::from_millis(10));
+            let (_, w) = tokio::join!(run, waiter);
+            w.unwrap();
+        })
+        .await
+        .expect("the signal never fired");
+        assert!(drain.is_draining());
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut f).poll(cx))).await
     }
 }
