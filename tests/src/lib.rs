@@ -450,17 +450,7 @@ fn futures_iter<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
 pub struct IterStream<I>(I);
 
 /// A channel receiver as a `Stream`.
-pub struct ReceiverStream<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> futures_core::Stream for ReceiverStream<T> {
-    type Item = T;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
-}
+pub use control_plane::ReceiverStream;
 
 impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     type Item = I::Item;

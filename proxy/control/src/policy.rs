@@ -195,11 +195,7 @@ fn meta(
 /// Checks and converts one `Server`.
 pub fn decode(server: Server) -> Result<ServerPolicy, PolicyError> {
     let (kind, name) = meta(None, &server.labels, "server");
-    let authorizations = server
-        .authorizations
-        .into_iter()
-        .map(authorization)
-        .collect::<Result<Vec<_>, _>>()?;
+    let authorizations = authorizations(server.authorizations)?;
     let routes = match server.protocol.and_then(|p| p.kind) {
         None => return Err(invalid("a server with no protocol")),
         Some(proxy_protocol::Kind::Detect(d)) => d.http_routes,
@@ -231,6 +227,10 @@ pub fn decode(server: Server) -> Result<ServerPolicy, PolicyError> {
         authorizations,
         http_routes,
     })
+}
+
+fn authorizations(all: Vec<Authz>) -> Result<Vec<Authorization>, PolicyError> {
+    all.into_iter().map(authorization).collect()
 }
 
 fn authorization(a: Authz) -> Result<Authorization, PolicyError> {
@@ -325,11 +325,7 @@ fn route(r: PbHttpRoute) -> Result<HttpRoute, PolicyError> {
             matches.push(route_match(m)?);
         }
     }
-    let authorizations = r
-        .authorizations
-        .into_iter()
-        .map(authorization)
-        .collect::<Result<Vec<_>, _>>()?;
+    let authorizations = authorizations(r.authorizations)?;
     Ok(HttpRoute {
         kind,
         name,
@@ -366,11 +362,7 @@ fn grpc_route(r: linkerd2_proxy_api::inbound::GrpcRoute) -> Result<HttpRoute, Po
             });
         }
     }
-    let authorizations = r
-        .authorizations
-        .into_iter()
-        .map(authorization)
-        .collect::<Result<Vec<_>, _>>()?;
+    let authorizations = authorizations(r.authorizations)?;
     Ok(HttpRoute {
         kind,
         name,
