@@ -245,9 +245,14 @@ impl Target {
     /// then 504) and later ones fail at once with 503 until endpoints return.
     pub async fn pick(self: &Arc<Self>) -> Result<InFlight, ProxyError> {
         match self.try_pick() {
-            Err(ProxyError::NoEndpoints) => {}
-            other => return other,
+            // Boxed: the wait (and its timer) is the rare path, and would otherwise sit in
+            // every request's future.
+            Err(ProxyError::NoEndpoints) => Box::pin(self.wait_for_endpoints()).await,
+            other => other,
         }
+    }
+
+    async fn wait_for_endpoints(&self) -> Result<InFlight, ProxyError> {
         let Some(w) = &self.watched else {
             return Err(ProxyError::NoEndpoints);
         };
