@@ -1,5 +1,7 @@
-//! The admin server on 4191: `/ready` for the service mirror's probe and kubelet, `/live`, and
-//! `/metrics` for Prometheus.
+//! The admin server on 4191 (`/ready` and `/live` for kubelet, `/metrics` for Prometheus) and
+//! the probe server on 4181, the only one the LoadBalancer publishes besides 4143: it answers
+//! `/ready` to the remote service mirror's probe and nothing else, so what the cluster sees
+//! (identities, service names, volumes) is not readable from the internet.
 
 use std::{
     convert::Infallible,
@@ -41,7 +43,34 @@ impl Readiness {
     }
 }
 
+/// Which paths a server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Every admin path; for the cluster only (kubelet, Prometheus).
+    Admin,
+    /// `/ready` alone; published through the LoadBalancer for the remote probe.
+    Probe,
+}
+
+impl Surface {
+    /// The listener name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Surface::Admin => "admin",
+            Surface::Probe => "probe",
+        }
+    }
+
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Surface::Admin => matches!(path, "/ready" | "/live" | "/metrics"),
+            Surface::Probe => path == "/ready",
+        }
+    }
+}
+
 pub struct Admin {
+    pub surface: Surface,
     pub readiness: Arc<Readiness>,
     pub metrics: PrometheusHandle,
     /// mTLS for meshed callers (the remote service mirror's probe), beside plaintext.
@@ -75,8 +104,7 @@ impl Admin {
             r
         };
         let path = req.uri().path();
-        let known = matches!(path, "/ready" | "/live" | "/metrics");
-        if !known {
+        if !self.surface.serves(path) {
             return text(StatusCode::NOT_FOUND, "");
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -118,7 +146,7 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves the admin port until draining begins. Each connection is told apart by its first
+/// Serves the admin (or probe) port until draining begins. Each connection is told apart by its first
 /// byte: a TLS handshake gets mTLS for this gateway's identity, anything else plaintext;
 /// either way HTTP/1.1 or HTTP/2 prior knowledge follows.
 pub async fn serve(listener: Listener, admin: Arc<Admin>, drain: Drain) {
@@ -130,9 +158,10 @@ pub async fn serve(listener: Listener, admin: Arc<Admin>, drain: Drain) {
             let drain = drain.clone();
             async move {
                 let peer = accepted.peer;
+                let listener = admin.surface.name();
                 if let Err(e) = admin.connection(accepted, &builder, &drain).await {
-                    crate::metrics::conn_error(&e, "admin");
-                    tracing::warn!(%peer, reason = e.reason(), error = %e, "admin TLS handshake failed");
+                    crate::metrics::conn_error(&e, listener);
+                    tracing::warn!(listener, %peer, reason = e.reason(), error = %e, "TLS handshake failed");
                 }
             }
         })
@@ -166,13 +195,13 @@ impl Admin {
                 .await?;
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 drain
-                    .serve_http("admin", conn, |c| c.graceful_shutdown())
+                    .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
                     .await
             }
             FirstByte::Plaintext(_) => {
                 let conn = builder.serve_connection(TokioIo::new(tcp), svc);
                 drain
-                    .serve_http("admin", conn, |c| c.graceful_shutdown())
+                    .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
                     .await
             }
         };
@@ -194,7 +223,8 @@ mod tests {
         let pki = identity::Pki::new().unwrap();
         let gw = "gw.ns.serviceaccount.identity.linkerd.cluster.local";
         let store = identity::CertStore::new(&pki.credentials(gw).unwrap()).unwrap();
-        let admin = Admin {
+        let mut admin = Admin {
+            surface: Surface::Admin,
             readiness: Arc::new(Readiness::default()),
             metrics: recorder.handle(),
             tls: Arc::new(
@@ -223,5 +253,16 @@ mod tests {
             admin.respond(&get("/ready")).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+        // The probe surface answers /ready and nothing else.
+        admin.surface = Surface::Probe;
+        admin.readiness.set(true);
+        assert_eq!(admin.respond(&get("/ready")).status(), StatusCode::OK);
+        for path in ["/live", "/metrics", "/", "/ready/"] {
+            assert_eq!(
+                admin.respond(&get(path)).status(),
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
     }
 }

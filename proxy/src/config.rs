@@ -35,9 +35,14 @@ pub struct Cli {
     /// mTLS listener [default: 0.0.0.0:4143].
     #[arg(long, env = "GATEWAY_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Admin listener for /ready, /live, /metrics [default: 0.0.0.0:4191].
+    /// Admin listener for /ready, /live, /metrics; keep it off the LoadBalancer
+    /// [default: 0.0.0.0:4191].
     #[arg(long, env = "GATEWAY_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Probe listener serving only /ready (mTLS or plaintext), the one admin port to publish,
+    /// or `off` [default: 0.0.0.0:4181].
+    #[arg(long, env = "GATEWAY_PROBE_LISTEN", value_name = "ADDR|off")]
+    pub probe_listen: Option<String>,
     /// PEM file of the trust anchor(s) client certificates must chain to.
     #[arg(long, env = "GATEWAY_TRUST_ANCHORS")]
     pub trust_anchors: Option<PathBuf>,
@@ -138,6 +143,7 @@ pub struct Cli {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub probe_listen: Option<String>,
     pub trust_anchors: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -246,6 +252,8 @@ fn linkerd_env(name: &str) -> Option<String> {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `None`: no probe listener (a workload's own proxy, say).
+    pub probe_listen: Option<SocketAddr>,
     pub trust_anchors: AnchorsSource,
     pub identity: IdentitySource,
     /// `None`: cluster names are resolved by DNS.
@@ -326,6 +334,18 @@ fn parse_host_flag(s: &str) -> anyhow::Result<(String, Vec<IpAddr>)> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((name.trim().to_string(), ips))
+}
+
+/// `ADDR` or `off`; unset means 0.0.0.0:4181.
+fn parse_probe_listen(v: Option<String>) -> anyhow::Result<Option<SocketAddr>> {
+    match v.as_deref().map(str::trim) {
+        None => Ok(Some(SocketAddr::from(([0, 0, 0, 0], 4181)))),
+        Some("off") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .with_context(|| format!("probe_listen: {a:?} is not ADDR:PORT or off")),
+    }
 }
 
 /// The cluster domain in Linkerd's gateway suffix list (`svc.cluster.local.`): the first
@@ -421,6 +441,7 @@ impl Config {
                 .or_else(|| linkerd_env("ADMIN_LISTEN_ADDR").and_then(|a| a.parse().ok()))
                 .or(file.admin_listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4191))),
+            probe_listen: parse_probe_listen(cli.probe_listen.or(file.probe_listen))?,
             trust_anchors,
             identity,
             destination: cli
@@ -586,6 +607,7 @@ upstreams = ["127.0.0.1:8080"]
         let cfg = Config::load(cli).unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:2".parse().unwrap());
         assert_eq!(cfg.admin_listen, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(cfg.probe_listen, Some("0.0.0.0:4181".parse().unwrap()));
         assert_eq!(cfg.connect_timeout, Duration::from_millis(250));
         assert_eq!(cfg.routes.len(), 2);
         assert_eq!(cfg.routes[1].protocol, Protocol::Http2);
@@ -612,6 +634,16 @@ upstreams = ["127.0.0.1:8080"]
             "{err}"
         );
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn probe_listen_can_be_turned_off() {
+        assert_eq!(parse_probe_listen(Some("off".into())).unwrap(), None);
+        assert_eq!(
+            parse_probe_listen(Some("127.0.0.1:9".into())).unwrap(),
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        assert!(parse_probe_listen(Some("4181".into())).is_err());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub use crate::{drain::Drain, errors::ProxyError, listener::Listener};
 pub struct Running {
     pub listen: std::net::SocketAddr,
     pub admin_listen: std::net::SocketAddr,
+    pub probe_listen: Option<std::net::SocketAddr>,
     readiness: Arc<Readiness>,
     drain: Drain,
     /// The accept loops; they end when draining begins.
@@ -142,6 +143,9 @@ fn build_policy(
 
 /// Most concurrent admin connections: probes and scrapes, a handful at a time.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// Most concurrent probe connections: the probe port faces the internet, and each linked
+/// cluster's service mirror holds one.
+const PROBE_MAX_CONNECTIONS: usize = 128;
 
 /// Loads credentials, binds both ports and starts serving; ready when this returns.
 pub async fn start(
@@ -218,17 +222,30 @@ pub async fn start(
 
     let listener = Listener::bind(cfg.listen, "gateway", cfg.max_connections).await?;
     let admin_listener = Listener::bind(cfg.admin_listen, "admin", ADMIN_MAX_CONNECTIONS).await?;
+    let probe_listener = match cfg.probe_listen {
+        Some(addr) => Some(Listener::bind(addr, "probe", PROBE_MAX_CONNECTIONS).await?),
+        None => None,
+    };
     let listen = listener.local_addr()?;
     let admin_listen = admin_listener.local_addr()?;
+    let probe_listen = probe_listener
+        .as_ref()
+        .map(Listener::local_addr)
+        .transpose()?;
 
     let readiness = Arc::new(Readiness::default());
-    let admin = Arc::new(Admin {
-        readiness: readiness.clone(),
-        metrics,
-        tls: admin_tls,
-        identity: own_id.clone(),
-        handshake_timeout: cfg.handshake_timeout,
-    });
+    let admin_on = |surface| {
+        Arc::new(Admin {
+            surface,
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            tls: admin_tls.clone(),
+            identity: own_id.clone(),
+            handshake_timeout: cfg.handshake_timeout,
+        })
+    };
+    let admin = admin_on(admin::Surface::Admin);
+    let probe = admin_on(admin::Surface::Probe);
     let inbound = Arc::new(Inbound {
         gw,
         tls: server_tls,
@@ -240,12 +257,15 @@ pub async fn start(
         handshake_timeout: cfg.handshake_timeout,
         header_timeout: cfg.header_timeout,
     });
-    let listeners = vec![
+    let mut listeners = vec![
         tokio::spawn(admin::serve(admin_listener, admin, drain.clone())),
         tokio::spawn(listener.run(drain.clone(), move |accepted| {
             inbound.clone().serve(accepted)
         })),
     ];
+    if let Some(l) = probe_listener {
+        listeners.push(tokio::spawn(admin::serve(l, probe, drain.clone())));
+    }
     cert_source::maintain(
         cfg.clone(),
         anchors,
@@ -256,13 +276,14 @@ pub async fn start(
     .await?;
     if certs.ready {
         readiness.set(true);
-        tracing::info!(%listen, %admin_listen, identity = %own_id, "gateway ready");
+        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, identity = %own_id, "gateway ready");
     } else {
-        tracing::info!(%listen, %admin_listen, identity = %own_id, "listening; ready once certified");
+        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, identity = %own_id, "listening; ready once certified");
     }
     Ok(Running {
         listen,
         admin_listen,
+        probe_listen,
         readiness,
         drain,
         listeners,

@@ -124,6 +124,8 @@ pub struct Gateway {
     pub child: Option<Child>,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The probe port (only `/ready`), the one admin port a LoadBalancer publishes.
+    pub probe: SocketAddr,
     pub log: PathBuf,
 }
 
@@ -160,6 +162,9 @@ impl Gateway {
     /// Runs `cmd` with its log in the fixture's directory.
     fn spawn(fx: &Fixture, mut cmd: Command, listen: SocketAddr, admin: SocketAddr) -> Self {
         let log = fx.path(&format!("gateway-{}.log", listen.port()));
+        // Flags win over this, so a test can still name (or turn off) the probe port itself.
+        let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        cmd.env("GATEWAY_PROBE_LISTEN", probe.to_string());
         let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -169,6 +174,7 @@ impl Gateway {
             child: Some(child),
             listen,
             admin,
+            probe,
             log,
         }
     }

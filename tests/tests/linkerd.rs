@@ -358,33 +358,53 @@ async fn sni_for_someone_else_is_refused() {
 async fn the_service_mirror_probe_gets_200_over_mtls_http2_and_plaintext() {
     let fx = Fixture::new();
     let gw = gateway(&fx).await;
-    // The probe as it arrives from the source cluster's service mirror proxy.
+    // The probe as it arrives from the source cluster's service mirror proxy, at the probe
+    // port the LoadBalancer publishes.
     fx.caller("mirror", "linkerd-service-mirror-east.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local");
-    let io = connect(gw.admin, client_tls(&fx, "mirror", &[]))
+    let io = connect(gw.probe, client_tls(&fx, "mirror", &[]))
         .await
         .unwrap();
     assert_eq!(io.get_ref().1.alpn_protocol(), None);
     let mut send = h2_over(io).await.unwrap();
-    let req =
-        Request::get("http://probe-gateway-east.linkerd-multicluster.svc.cluster.local:4191/ready")
-            .header("l5d-orig-proto", "HTTP/1.1")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-    let resp = send.send_request(req).await.unwrap();
+    let get = |path: &str| {
+        Request::get(format!(
+            "http://probe-gateway-east.linkerd-multicluster.svc.cluster.local:4191{path}"
+        ))
+        .header("l5d-orig-proto", "HTTP/1.1")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+    };
+    let resp = send.send_request(get("/ready")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["l5d-orig-proto"], "HTTP/1.1");
     assert_eq!(body_text(resp).await, "ready\n");
-    // kubelet's plaintext probe on the same port.
+    // Nothing else is readable there, over mTLS or in plaintext: what the admin port tells
+    // (identities, services, volumes) stays inside the cluster.
+    for path in ["/metrics", "/live", "/", "/ready/../metrics", "/dashboard"] {
+        let resp = send.send_request(get(path)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path} over mTLS");
+        assert_eq!(body_text(resp).await, "", "{path}");
+        let (status, body) = http_get(gw.probe, path).unwrap();
+        assert_eq!((status, body.as_str()), (404, ""), "{path} in plaintext");
+    }
+    // kubelet's plaintext probe, on the probe port and on the admin port.
+    assert_eq!(
+        http_get(gw.probe, "/ready").unwrap(),
+        (200, "ready\n".to_string())
+    );
     assert_eq!(
         http_get(gw.admin, "/ready").unwrap(),
         (200, "ready\n".to_string())
     );
-    // An mTLS client for another SNI is refused there too.
-    assert!(
-        connect_sni(gw.admin, client_tls(&fx, "mirror", &[]), VOTE_BOT_ID)
-            .await
-            .is_err()
-    );
+    assert!(http_get(gw.admin, "/metrics").unwrap().1.contains("# TYPE"));
+    // An mTLS client for another SNI is refused on both.
+    for port in [gw.probe, gw.admin] {
+        assert!(
+            connect_sni(port, client_tls(&fx, "mirror", &[]), VOTE_BOT_ID)
+                .await
+                .is_err()
+        );
+    }
 }
 
 /// A TCP server that keeps each connection open until the peer closes its side, and reports

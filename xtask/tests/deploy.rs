@@ -121,6 +121,41 @@ fn gateway_service_has_what_link_reads() {
         ]
     );
     assert_eq!(svc["spec"]["selector"]["app"], "linkerd-gateway");
+    // What the LoadBalancer publishes: the gateway port, and behind `mc-probe` the pod's
+    // probe listener (only /ready), never the admin port with /metrics.
+    let targets: Vec<&Value> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["targetPort"])
+        .collect();
+    assert_eq!(targets, [&Value::from(4143), &Value::from("gateway-probe")]);
+    let d = find(&objs, "Deployment", "linkerd-gateway").expect("Deployment");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let named = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_i64())
+    };
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(named("gateway-probe"), Some(4181));
+    assert_eq!(env("GATEWAY_PROBE_LISTEN").as_deref(), Some("0.0.0.0:4181"));
+    assert_eq!(named("linkerd-admin"), Some(4191));
+    assert_eq!(
+        env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR").as_deref(),
+        Some("0.0.0.0:4191")
+    );
     assert!(
         find(&objs, "ServiceAccount", "linkerd-gateway").is_some(),
         "the identity comes from this SA"
@@ -156,7 +191,7 @@ fn gateway_deployment_is_hardened_and_probed() {
         .iter()
         .map(|p| p["containerPort"].as_i64().unwrap())
         .collect();
-    assert_eq!(ports, [4143, 4191]);
+    assert_eq!(ports, [4143, 4191, 4181]);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 4191);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");

@@ -134,6 +134,8 @@ struct Layout {
     control: [SocketAddr; 3],
     gw: SocketAddr,
     admin: SocketAddr,
+    /// The gateway's probe port: `/ready` alone, what a LoadBalancer publishes.
+    probe: SocketAddr,
     /// Where the WAN link listens (east side) and where west dials: east's "public" address.
     wan: SocketAddr,
     outbound: SocketAddr,
@@ -170,6 +172,7 @@ impl Layout {
             control: [port(8081)?, port(8086)?, port(8090)?],
             gw,
             admin: port(4191)?,
+            probe: port(4181)?,
             wan,
             outbound: port(4140)?,
         })
@@ -190,6 +193,7 @@ impl Layout {
             ],
             gw: a("127.0.0.1:4143")?,
             admin: a("127.0.0.1:4191")?,
+            probe: a("127.0.0.1:4181")?,
             wan: a(&format!("{}:4143", netns::EAST_IP))?,
             outbound: a("127.0.0.1:4140")?,
         })
@@ -405,6 +409,8 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         &web_inbound.to_string(),
         "--admin-listen",
         &web_admin.to_string(),
+        "--probe-listen",
+        "off",
     ])
     .args(credentials(&dir, "web"))
     .args(["--route", &format!("{WEB_SVC}={web}")])
@@ -419,6 +425,7 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
     for (k, v) in [
         ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", gw.to_string()),
         ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string()),
+        ("GATEWAY_PROBE_LISTEN", layout.probe.to_string()),
         (
             "LINKERD2_PROXY_INBOUND_GATEWAY_SUFFIXES",
             "svc.cluster.local.".to_string(),
@@ -464,9 +471,10 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
                 .is_some_and(|(s, _)| s == 200)
         },
     )?;
+    // Ready as the remote service mirror sees it: on the probe port.
     wait_until(&mut procs, "the gateway", Duration::from_secs(20), || {
         layout
-            .get(east, admin, "/ready")
+            .get(east, layout.probe, "/ready")
             .is_some_and(|(s, _)| s == 200)
     })?;
 
@@ -631,7 +639,11 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
             d = dir.display()
         );
         println!("      --resolve {GATEWAY_ID}:{}:{} -H 'Host: {WEB_SVC}' https://{GATEWAY_ID}:{}/api/list", wan.port(), wan.ip(), wan.port());
-        println!("    {e}curl http://{admin}/ready; {e}curl -s http://{admin}/metrics | grep ^request_total");
+        println!(
+            "    {e}curl http://{}/ready   # the probe port: /ready and nothing else",
+            layout.probe
+        );
+        println!("    {e}curl -s http://{admin}/metrics | grep ^request_total");
         while !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             if let Some((name, status)) = procs.exited() {
                 if name != "vote-bot" {
