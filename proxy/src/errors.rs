@@ -36,6 +36,21 @@ pub enum ProxyError {
     NoAuthority,
     #[error("invalid authority")]
     BadAuthority,
+    /// More than one `Host` field (RFC 9112 §3.2).
+    #[error("duplicate host")]
+    DuplicateHost,
+    /// An HTTP/2 request whose `Host` names another authority than `:authority` (RFC 9113
+    /// §8.3.1).
+    #[error("host differs from authority")]
+    HostMismatch,
+    /// A field value HTTP/2 forbids (leading or trailing whitespace, RFC 9113 §8.2.1), or an
+    /// unreadable `Max-Forwards`.
+    #[error("invalid header value")]
+    BadHeaderValue,
+    /// CONNECT (no tunnels through the gateway) or TRACE (it would reflect what the gateway
+    /// adds to a request).
+    #[error("method not supported")]
+    MethodNotSupported,
     /// DNS had no answer for a cluster name: check the Service exists in this cluster.
     #[error("name resolution failed")]
     Resolve,
@@ -70,6 +85,10 @@ impl ProxyError {
             ProxyError::Loop => "gateway loop",
             ProxyError::NoAuthority => "missing authority",
             ProxyError::BadAuthority => "invalid authority",
+            ProxyError::DuplicateHost => "duplicate host",
+            ProxyError::HostMismatch => "host differs from authority",
+            ProxyError::BadHeaderValue => "invalid header value",
+            ProxyError::MethodNotSupported => "method not supported",
             ProxyError::Resolve => "name resolution failed",
             ProxyError::NoEndpoints => "no endpoints",
             ProxyError::FailFast => "no endpoints within the failfast timeout",
@@ -89,7 +108,12 @@ impl ProxyError {
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
-            ProxyError::NoAuthority | ProxyError::BadAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::NoAuthority
+            | ProxyError::BadAuthority
+            | ProxyError::DuplicateHost
+            | ProxyError::HostMismatch
+            | ProxyError::BadHeaderValue => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotSupported => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Resolve
             | ProxyError::Connect
             | ProxyError::Upstream
@@ -212,6 +236,10 @@ mod tests {
             ProxyError::Loop,
             ProxyError::NoAuthority,
             ProxyError::BadAuthority,
+            ProxyError::DuplicateHost,
+            ProxyError::HostMismatch,
+            ProxyError::BadHeaderValue,
+            ProxyError::MethodNotSupported,
             ProxyError::Resolve,
             ProxyError::NoEndpoints,
             ProxyError::FailFast,

@@ -27,6 +27,7 @@ mod headers;
 mod inbound;
 mod io;
 mod listener;
+mod message;
 pub mod metrics;
 pub mod outbound;
 mod policy;

@@ -27,7 +27,7 @@ use crate::{
         FORWARDED, L5D_CLIENT_ID, L5D_DST_CANONICAL, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
         L5D_PROXY_ERROR,
     },
-    metrics,
+    message, metrics,
     routing::{Protocol, Target},
     splice::{splice, Spliced},
     upstream::UpstreamBody,
@@ -215,7 +215,11 @@ async fn proxy(
     upstream: &mut Option<SocketAddr>,
 ) -> Result<Response<Body>, ProxyError> {
     let ctx = &conn.ctx;
+    let next = message::check(&mut req)?;
     admission::request(gw, ctx.admitted, req.headers())?;
+    if next == message::Next::AnswerHere {
+        return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
+    }
     let target = match &conn.target {
         Some(t) => t.clone(),
         None => gw.router.route(&request_authority(&req)?).await?,
