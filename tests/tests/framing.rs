@@ -240,6 +240,14 @@ async fn http1_requests_that_break_the_framing_rules_get_400_and_never_reach_the
         "a malformed request reached the backend"
     );
 
+    // The gateway's own refusals say why, for meshed callers to read.
+    let reply = h1(&fx, &gw, &format!("GET / HTTP/1.1\r\n{host}{host}\r\n")).await;
+    assert!(
+        reply.head.contains("l5d-proxy-error: duplicate host"),
+        "{reply:?}"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+
     // Transfer-Encoding with Content-Length (RFC 9112 §6.1): framed by the former alone, the
     // latter dropped, and the connection closed after the response.
     let reply = h1(
