@@ -149,15 +149,6 @@ mod tests {
 
     #[test]
     fn methods_values_and_max_forwards() {
-        let te_cl = [
-            ("host", "a.b"),
-            ("transfer-encoding", "chunked"),
-            ("content-length", "1"),
-        ];
-        assert_eq!(
-            check(&mut req("POST", Version::HTTP_11, "/", &te_cl)),
-            Err(ProxyError::AmbiguousLength)
-        );
         for m in ["CONNECT", "TRACE"] {
             assert_eq!(
                 check(&mut req(m, Version::HTTP_11, "/", &[])),
