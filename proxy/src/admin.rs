@@ -161,7 +161,9 @@ pub async fn serve(listener: Listener, admin: Arc<Admin>, drain: Drain) {
                 let listener = admin.surface.name();
                 if let Err(e) = admin.connection(accepted, &builder, &drain).await {
                     crate::metrics::conn_error(&e, listener);
-                    tracing::warn!(listener, %peer, reason = e.reason(), error = %e, "TLS handshake failed");
+                    if crate::log_limit::allow(listener, e.reason()) {
+                        tracing::warn!(listener, %peer, reason = e.reason(), error = %e, "connection refused");
+                    }
                 }
             }
         })
@@ -175,7 +177,11 @@ impl Admin {
         builder: &auto::Builder<TokioExecutor>,
         drain: &Drain,
     ) -> Result<(), ConnError> {
-        let Accepted { tcp, peer, permit } = accepted;
+        let Accepted {
+            tcp,
+            peer,
+            mut permit,
+        } = accepted;
         let svc = {
             let admin = self.clone();
             hyper::service::service_fn(move |req| {
@@ -183,27 +189,36 @@ impl Admin {
                 async move { Ok::<_, Infallible>(admin.respond(&req)) }
             })
         };
-        let result = match tls::first_byte(&tcp, self.handshake_timeout).await? {
-            FirstByte::Closed => return Ok(()),
-            FirstByte::Tls => {
-                let stream = tls::accept(
-                    tcp,
-                    self.tls.clone(),
-                    &self.identity,
-                    self.handshake_timeout,
-                )
-                .await?;
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                drain
-                    .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
-                    .await
-            }
-            FirstByte::Plaintext(_) => {
-                let conn = builder.serve_connection(TokioIo::new(tcp), svc);
-                drain
-                    .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
-                    .await
-            }
+        // On the probe port every connection stays sheddable: a flood of silent connections
+        // pushes out the oldest, not the next probe.
+        let serve = async {
+            let served = match tls::first_byte(&tcp, self.handshake_timeout).await? {
+                FirstByte::Closed => return Ok(None),
+                FirstByte::Tls => {
+                    let stream = tls::accept(
+                        tcp,
+                        self.tls.clone(),
+                        &self.identity,
+                        self.handshake_timeout,
+                    )
+                    .await?;
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    drain
+                        .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
+                        .await
+                }
+                FirstByte::Plaintext(_) => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    drain
+                        .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
+                        .await
+                }
+            };
+            Ok::<_, ConnError>(served)
+        };
+        let result = tokio::select! {
+            r = serve => r?,
+            _ = permit.shed() => return Err(ConnError::Shed),
         };
         if let Some(Err(e)) = result {
             tracing::debug!(%peer, error = %e, "admin connection error");

@@ -106,9 +106,13 @@ pub struct Cli {
     /// How requests are spread over a service's addresses [default: p2c].
     #[arg(long, value_enum, env = "GATEWAY_BALANCER")]
     pub balancer: Option<Balancer>,
-    /// Most concurrent caller connections [default: 10000].
+    /// Most concurrent authenticated caller connections [default: 10000].
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Most connections still in their handshake; when full, the oldest is shed for a new one
+    /// [default: 2048].
+    #[arg(long, env = "GATEWAY_MAX_PENDING_CONNECTIONS")]
+    pub max_pending_connections: Option<usize>,
     /// TLS handshake deadline [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<Duration>,
@@ -167,6 +171,7 @@ pub struct FileConfig {
     pub hosts: HashMap<String, Vec<IpAddr>>,
     pub balancer: Option<Balancer>,
     pub max_connections: Option<usize>,
+    pub max_pending_connections: Option<usize>,
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
@@ -270,6 +275,8 @@ pub struct Config {
     pub hosts: HashMap<String, Vec<IpAddr>>,
     pub balancer: Balancer,
     pub max_connections: usize,
+    /// Connections not yet authenticated; the oldest is shed when a new one finds it full.
+    pub max_pending_connections: usize,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -502,6 +509,10 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(10_000),
+            max_pending_connections: cli
+                .max_pending_connections
+                .or(file.max_pending_connections)
+                .unwrap_or(2048),
             handshake_timeout: cli.handshake_timeout.map(Ok).unwrap_or_else(|| {
                 dur(
                     "handshake_timeout",
@@ -562,8 +573,8 @@ impl Config {
             // third more CPU per request and a write to stderr.
             access_log: cli.access_log || file.access_log.unwrap_or(false),
         };
-        if cfg.max_connections == 0 {
-            bail!("max_connections must be at least 1");
+        if cfg.max_connections == 0 || cfg.max_pending_connections == 0 {
+            bail!("max_connections and max_pending_connections must be at least 1");
         }
         Ok(cfg)
     }

@@ -138,6 +138,11 @@ impl ProxyError {
 pub enum ConnError {
     #[error("connection refused: at the limit of {0} connections")]
     AtLimit(usize),
+    /// The pending budget was full and this connection, the oldest not yet authenticated,
+    /// made room for a newer one. Many of these mean a flood of connections that never
+    /// finish a handshake, or `--max-pending-connections` too small for the callers' RTT.
+    #[error("shed: the oldest unauthenticated connection made room for a new one")]
+    Shed,
     #[error("plaintext on the mTLS port")]
     Plaintext,
     #[error("no TLS handshake within the timeout")]
@@ -179,6 +184,7 @@ impl ConnError {
     pub fn reason(&self) -> &'static str {
         match self {
             ConnError::AtLimit(_) => "limit",
+            ConnError::Shed => "shed",
             ConnError::Plaintext => "plaintext",
             ConnError::HandshakeTimeout => "timeout",
             ConnError::SniMismatch(_) => "sni_mismatch",
@@ -193,7 +199,7 @@ impl ConnError {
 
     pub fn family(&self) -> ConnErrorFamily {
         match self {
-            ConnError::AtLimit(_) => ConnErrorFamily::Refused,
+            ConnError::AtLimit(_) | ConnError::Shed => ConnErrorFamily::Refused,
             ConnError::Plaintext
             | ConnError::HandshakeTimeout
             | ConnError::SniMismatch(_)

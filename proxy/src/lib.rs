@@ -27,6 +27,7 @@ mod headers;
 mod inbound;
 mod io;
 mod listener;
+mod log_limit;
 mod message;
 pub mod metrics;
 pub mod outbound;
@@ -221,10 +222,16 @@ pub async fn start(
     // The admin port's mTLS side: the service mirror's probe offers no ALPN.
     let admin_tls = Arc::new(mtls::server_config(store.clone(), &anchors, &[])?);
 
-    let listener = Listener::bind(cfg.listen, "gateway", cfg.max_connections).await?;
+    let listener = Listener::bind(cfg.listen, "gateway", cfg.max_connections)
+        .await?
+        .with_pending(cfg.max_pending_connections);
     let admin_listener = Listener::bind(cfg.admin_listen, "admin", ADMIN_MAX_CONNECTIONS).await?;
     let probe_listener = match cfg.probe_listen {
-        Some(addr) => Some(Listener::bind(addr, "probe", PROBE_MAX_CONNECTIONS).await?),
+        Some(addr) => Some(
+            Listener::bind(addr, "probe", PROBE_MAX_CONNECTIONS)
+                .await?
+                .with_pending(PROBE_MAX_CONNECTIONS),
+        ),
         None => None,
     };
     let listen = listener.local_addr()?;
@@ -264,6 +271,7 @@ pub async fn start(
             inbound.clone().serve(accepted)
         })),
     ];
+    listeners.push(tokio::spawn(log_limit::run(drain.clone())));
     if let Some(l) = probe_listener {
         listeners.push(tokio::spawn(admin::serve(l, probe, drain.clone())));
     }

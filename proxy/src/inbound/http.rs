@@ -27,7 +27,7 @@ use crate::{
         FORWARDED, L5D_CLIENT_ID, L5D_DST_CANONICAL, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
         L5D_PROXY_ERROR,
     },
-    message, metrics,
+    log_limit, message, metrics,
     routing::{Protocol, Target},
     splice::{splice, Spliced},
     upstream::UpstreamBody,
@@ -145,21 +145,40 @@ async fn handle(
     let version = req.version();
     let mut routed: Option<Arc<Target>> = None;
     let mut upstream: Option<SocketAddr> = None;
+    // The name asked for, kept only when the request is refused before it is routed.
+    let mut asked: Option<String> = None;
     // Boxed: hyper moves the service future into a task per HTTP/2 stream, and this keeps
     // that move to a pointer instead of some 3 KB of state. Linkerd callers always speak
     // HTTP/2 to the gateway: -2.8% instructions per request on that path, +1% on direct
     // HTTP/1.1 callers (measured with `cargo xtask bench-cost`).
-    let resp = match Box::pin(proxy(&gw, &conn, req, &mut routed, &mut upstream)).await {
+    let resp = match Box::pin(proxy(
+        &gw,
+        &conn,
+        req,
+        &mut routed,
+        &mut upstream,
+        &mut asked,
+    ))
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             if let Some(addr) = upstream {
                 metrics::upstream_error(e.reason(), &addr.to_string());
             }
             metrics::http_error(e.reason());
-            tracing::warn!(
-                peer = %conn.ctx.peer, client_id = %conn.ctx.client_id, %method, path = uri.path(),
-                authority = routed_name(&routed), error = %e, "request refused"
-            );
+            if log_limit::allow("request", e.reason()) {
+                // Debug-formatted: the name and path are the caller's bytes, and must not
+                // be able to start a log line of their own.
+                let authority = match &routed {
+                    Some(t) => t.name.as_str(),
+                    None => asked.as_deref().unwrap_or(""),
+                };
+                tracing::warn!(
+                    peer = %conn.ctx.peer, client_id = %conn.ctx.client_id, %method, path = ?uri.path(),
+                    authority = ?authority, error = %e, "request refused"
+                );
+            }
             synthetic(&e, version)
         }
     };
@@ -207,22 +226,59 @@ fn synthetic(e: &ProxyError, version: Version) -> Response<Body> {
     resp
 }
 
+/// The checks and the route, before anything is forwarded; `None`: the gateway answers the
+/// request itself.
+async fn admit(
+    gw: &Gateway,
+    conn: &HttpConn,
+    req: &mut Request<Incoming>,
+) -> Result<Option<Arc<Target>>, ProxyError> {
+    let next = message::check(req)?;
+    admission::request(gw, conn.ctx.admitted, req.headers())?;
+    if next == message::Next::AnswerHere {
+        return Ok(None);
+    }
+    let target = match &conn.target {
+        Some(t) => t.clone(),
+        None => gw.router.route(&request_authority(req)?).await?,
+    };
+    Ok(Some(target))
+}
+
+/// The name a refused request asked for, for the log line: the transport header's target,
+/// else `:authority` or `Host` as sent (cut to a bounded length).
+fn asked_name<B>(conn: &HttpConn, req: &Request<B>) -> String {
+    const MAX: usize = 256;
+    if let Some(t) = &conn.target {
+        return t.name.as_str().to_string();
+    }
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default(),
+    };
+    String::from_utf8_lossy(&raw[..raw.len().min(MAX)]).into_owned()
+}
+
 async fn proxy(
     gw: &Gateway,
     conn: &HttpConn,
     mut req: Request<Incoming>,
     routed: &mut Option<Arc<Target>>,
     upstream: &mut Option<SocketAddr>,
+    asked: &mut Option<String>,
 ) -> Result<Response<Body>, ProxyError> {
     let ctx = &conn.ctx;
-    let next = message::check(&mut req)?;
-    admission::request(gw, ctx.admitted, req.headers())?;
-    if next == message::Next::AnswerHere {
-        return Ok(Response::new(Either::Right(Full::new(Bytes::new()))));
-    }
-    let target = match &conn.target {
-        Some(t) => t.clone(),
-        None => gw.router.route(&request_authority(&req)?).await?,
+    let target = match admit(gw, conn, &mut req).await {
+        Ok(Some(target)) => target,
+        Ok(None) => return Ok(Response::new(Either::Right(Full::new(Bytes::new())))),
+        Err(e) => {
+            *asked = Some(asked_name(conn, &req));
+            return Err(e);
+        }
     };
     admission::authorize_request(gw, ctx, &target, &req)?;
     // A request a source proxy upgraded from HTTP/1 goes on as HTTP/1, and its response is

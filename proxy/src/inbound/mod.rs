@@ -22,7 +22,8 @@ use crate::{
     context::{ConnCtx, Gateway},
     errors::{ConnError, ConnErrorFamily},
     io::CountingIo,
-    listener::Accepted,
+    listener::{Accepted, ConnPermit},
+    log_limit,
     metrics::{self, ConnMetrics},
     tls::{self, FirstByte},
 };
@@ -40,10 +41,17 @@ pub struct Inbound {
 impl Inbound {
     /// Serves one accepted connection to its end.
     pub async fn serve(self: Arc<Self>, accepted: Accepted) {
-        let Accepted { tcp, peer, permit } = accepted;
+        let Accepted {
+            tcp,
+            peer,
+            mut permit,
+        } = accepted;
         let mut caller = None;
-        if let Err(e) = self.connection(tcp, peer, &mut caller).await {
+        if let Err(e) = self.connection(tcp, peer, &mut permit, &mut caller).await {
             metrics::conn_error(&e, "gateway");
+            if !log_limit::allow("gateway", e.reason()) {
+                return;
+            }
             let client_id = caller.as_ref().map(|c: &identity::Identity| c.as_str());
             match e.family() {
                 ConnErrorFamily::Tcp => {
@@ -53,7 +61,7 @@ impl Inbound {
                     tracing::warn!(%peer, client_id, reason = e.reason(), error = %e, "TLS handshake failed")
                 }
                 ConnErrorFamily::Refused => {
-                    tracing::warn!(%peer, reason = e.reason(), error = %e, "connection refused")
+                    tracing::warn!(%peer, client_id, reason = e.reason(), error = %e, "connection refused")
                 }
             }
         }
@@ -64,28 +72,42 @@ impl Inbound {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
+        permit: &mut ConnPermit,
         caller: &mut Option<identity::Identity>,
     ) -> Result<(), ConnError> {
-        match tls::first_byte(&tcp, self.handshake_timeout).await? {
-            FirstByte::Tls => {}
-            FirstByte::Closed => return Ok(()),
-            FirstByte::Plaintext(b) => {
-                refuse_plaintext(tcp, b).await;
-                return Err(ConnError::Plaintext);
-            }
-        }
         let local = tcp.local_addr().ok();
         let gw = &self.gw;
-        let mut stream = tls::accept(
-            CountingIo::new(tcp),
-            self.tls.clone(),
-            &gw.identity,
-            self.handshake_timeout,
-        )
-        .await?;
-        let (io, session) = stream.get_mut();
-        let client_id = tls::client_identity(session)?;
+        // Until the caller has proven who it is, it holds a pending slot and may be shed to
+        // make room for a newer connection.
+        let authenticate = async {
+            match tls::first_byte(&tcp, self.handshake_timeout).await? {
+                FirstByte::Tls => {}
+                FirstByte::Closed => return Ok(None),
+                FirstByte::Plaintext(b) => {
+                    refuse_plaintext(tcp, b).await;
+                    return Err(ConnError::Plaintext);
+                }
+            }
+            let mut stream = tls::accept(
+                CountingIo::new(tcp),
+                self.tls.clone(),
+                &gw.identity,
+                self.handshake_timeout,
+            )
+            .await?;
+            let client_id = tls::client_identity(stream.get_mut().1)?;
+            Ok(Some((stream, client_id)))
+        };
+        let authenticated = tokio::select! {
+            a = authenticate => a?,
+            _ = permit.shed() => return Err(ConnError::Shed),
+        };
+        let Some((mut stream, client_id)) = authenticated else {
+            return Ok(());
+        };
         *caller = Some(client_id.clone());
+        permit.admit()?;
+        let (io, session) = stream.get_mut();
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let conn_metrics = ConnMetrics::accepted(client_id.as_str(), local);
         io.attach(
@@ -94,7 +116,9 @@ impl Inbound {
         );
         let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics);
         if let Err(e) = ctx.admitted {
-            tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());
+            if log_limit::allow("caller", e.reason()) {
+                tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());
+            }
         }
         tracing::debug!(%peer, client_id = %ctx.client_id, alpn = ?alpn.as_deref().map(String::from_utf8_lossy), "connection accepted");
         match Session::detect(&mut stream, alpn.as_deref(), gw, &ctx, self.header_timeout).await? {

@@ -1,0 +1,184 @@
+//! What a stranger on the internet can do to the gateway's published ports, and what it must
+//! not achieve: connection floods that never finish a handshake, and log floods. Loopback
+//! only; every flood is bounded in count and time.
+
+use std::{collections::VecDeque, time::Duration};
+
+use bytes::Bytes;
+use e2e::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+/// The start of a TLS ClientHello record that never gets its body: a handshake that will
+/// never finish.
+const PARTIAL_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+
+/// Opens `count` connections to `addr`, one every `every`, each silent or with a partial
+/// ClientHello; keeps the newest `keep` open on this side (the gateway sheds the others or
+/// not, which is what is tested).
+async fn flood(addr: std::net::SocketAddr, count: usize, every: Duration, keep: usize) -> usize {
+    let mut open = VecDeque::new();
+    let mut opened = 0;
+    for i in 0..count {
+        if let Ok(mut tcp) = TcpStream::connect(addr).await {
+            if i % 2 == 0 {
+                let _ = tcp.write_all(PARTIAL_HELLO).await;
+            }
+            open.push_back(tcp);
+            opened += 1;
+        }
+        if open.len() > keep {
+            open.pop_front();
+        }
+        tokio::time::sleep(every).await;
+    }
+    opened
+}
+
+/// The sum of the samples of `name` whose labels include all of `labels`.
+fn metric(m: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    m.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn echo(send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> StatusCode {
+    let req = Request::get(format!("http://{WEB_SVC}/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await {
+        Ok(Ok(resp)) => resp.status(),
+        other => panic!("request failed: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_handshakes_does_not_lock_out_authenticated_callers() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    // The main budget is small enough that the flood alone would fill it many times over
+    // if connections took a main slot before authenticating.
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &format!("{WEB_SVC}:80={backend}"),
+            "--max-connections",
+            "100",
+            "--max-pending-connections",
+            "64",
+            "--handshake-timeout",
+            "60s",
+        ],
+    );
+    let tls = client_tls(&fx, "vote-bot", &[b"h2"]);
+    let mut established = h2_sender(gw.listen, tls.clone()).await.unwrap();
+    assert_eq!(echo(&mut established).await, StatusCode::OK);
+
+    // 600 connections that never authenticate, 300 of them held open at a time, arriving
+    // faster than the 60 s handshake deadline could ever clear them.
+    let flooding = tokio::spawn(flood(gw.listen, 600, Duration::from_millis(2), 300));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Meanwhile new callers authenticate and are served, and the old connection goes on.
+    for _ in 0..5 {
+        let mut fresh = h2_sender(gw.listen, tls.clone()).await.unwrap();
+        assert_eq!(echo(&mut fresh).await, StatusCode::OK);
+        assert_eq!(echo(&mut established).await, StatusCode::OK);
+    }
+    let opened = flooding.await.unwrap();
+    assert_eq!(opened, 600, "the flood itself was refused at accept");
+
+    let m = gw.metrics();
+    let refused = "gateway_connections_refused_total";
+    let shed = metric(&m, refused, &[("listener", "gateway"), ("reason", "shed")]);
+    assert!(shed >= 400, "only {shed} connections shed:\n{m}");
+    assert_eq!(
+        metric(&m, refused, &[("listener", "gateway"), ("reason", "limit")]),
+        0,
+        "{m}"
+    );
+    // Each shed connection is counted, but the log holds a burst and a count, not one line
+    // per connection.
+    let log = gw.log_text();
+    let lines = log.lines().filter(|l| l.contains("shed")).count();
+    assert!(
+        (1..=20).contains(&lines),
+        "{lines} log lines about shedding:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_port_answers_through_a_flood_of_silent_connections() {
+    let fx = Fixture::new();
+    let gw = Gateway::start(&fx, &["--handshake-timeout", "60s"]);
+    // More silent connections than the probe port's whole budget (128), all held open.
+    let opened = flood(gw.probe, 400, Duration::from_millis(1), 400).await;
+    assert_eq!(opened, 400);
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(gw.probe, "/ready").unwrap(),
+            (200, "ready\n".to_string())
+        );
+    }
+    let m = gw.metrics();
+    assert!(
+        metric(
+            &m,
+            "gateway_connections_refused_total",
+            &[("listener", "probe"), ("reason", "shed")]
+        ) >= 250,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_logged_with_the_name_asked_for_and_thinned() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80={backend}")]);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    // 200 requests for a name outside the cluster domain, then a name with a newline-like
+    // payload that must not forge a log line.
+    for _ in 0..200 {
+        let req = Request::get("http://nosuch.example.org:8080/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "inbound_http_errors_total",
+            &[("error", "bad gateway domain")]
+        ),
+        200,
+        "{m}"
+    );
+    let log = gw.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert!(
+        (1..=10).contains(&refused.len()),
+        "{} refusal lines:\n{log}",
+        refused.len()
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|l| l.contains("nosuch.example.org:8080")),
+        "{log}"
+    );
+}
