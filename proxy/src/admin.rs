@@ -77,7 +77,13 @@ pub struct Admin {
     pub tls: Arc<rustls::ServerConfig>,
     pub identity: identity::Identity,
     pub handshake_timeout: std::time::Duration,
+    /// Renders of `/metrics` at once: each holds the whole page in memory, so concurrent
+    /// scrapes must not multiply it.
+    pub renders: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent `/metrics` renders per process.
+pub const MAX_RENDERS: usize = 2;
 
 impl Admin {
     /// The response, marked with `l5d-orig-proto` when a meshed caller's proxy upgraded the
@@ -184,9 +190,16 @@ impl Admin {
         } = accepted;
         let svc = {
             let admin = self.clone();
-            hyper::service::service_fn(move |req| {
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&req)) }
+                async move {
+                    let _render = if req.uri().path() == "/metrics" {
+                        admin.renders.clone().acquire_owned().await.ok()
+                    } else {
+                        None
+                    };
+                    Ok::<_, Infallible>(admin.respond(&req))
+                }
             })
         };
         // On the probe port every connection stays sheddable: a flood of silent connections
@@ -247,6 +260,7 @@ mod tests {
             ),
             identity: identity::Identity::parse(gw).unwrap(),
             handshake_timeout: std::time::Duration::from_secs(1),
+            renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
         };
         let get = |path: &str| Request::get(path).body(()).unwrap();
         assert_eq!(

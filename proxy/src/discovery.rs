@@ -26,6 +26,8 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// A watch nobody has used for about this long is closed.
 const IDLE_SWEEP: Duration = Duration::from_secs(30);
+/// Most names watched at once: each is a stream from the control plane and a target.
+const MAX_WATCHES: usize = 4096;
 
 /// The watched services.
 pub struct Discovery {
@@ -73,6 +75,16 @@ impl Discovery {
                     (e.target.clone(), false)
                 }
                 None => {
+                    if watches.len() >= MAX_WATCHES {
+                        // Make room from names nobody holds that never answered; names that
+                        // did, or that requests are using, stay.
+                        watches.retain(|_, e| {
+                            Arc::strong_count(&e.target) > 1 || e.target.metric_name().is_some()
+                        });
+                        if watches.len() >= MAX_WATCHES {
+                            return Err(ProxyError::NameLimit);
+                        }
+                    }
                     let target = Arc::new(Target::watched(
                         authority.clone(),
                         Protocol::Http1,

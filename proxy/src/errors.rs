@@ -56,6 +56,10 @@ pub enum ProxyError {
     Resolve,
     #[error("no endpoints")]
     NoEndpoints,
+    /// Discovery already watches as many names as it may, all in use: too many distinct
+    /// names asked for at once.
+    #[error("too many names")]
+    NameLimit,
     /// A discovered service had no endpoints for the whole fail-fast timeout.
     #[error("no endpoints within the failfast timeout")]
     FailFast,
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::MethodNotSupported => "method not supported",
             ProxyError::Resolve => "name resolution failed",
             ProxyError::NoEndpoints => "no endpoints",
+            ProxyError::NameLimit => "too many names",
             ProxyError::FailFast => "no endpoints within the failfast timeout",
             ProxyError::Connect => "upstream connect failed",
             ProxyError::ConnectTimeout => "upstream connect timeout",
@@ -118,7 +123,7 @@ impl ProxyError {
             | ProxyError::Connect
             | ProxyError::Upstream
             | ProxyError::UpstreamTls => StatusCode::BAD_GATEWAY,
-            ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints | ProxyError::NameLimit => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout | ProxyError::FailFast => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -248,6 +253,7 @@ mod tests {
             ProxyError::MethodNotSupported,
             ProxyError::Resolve,
             ProxyError::NoEndpoints,
+            ProxyError::NameLimit,
             ProxyError::FailFast,
             ProxyError::Connect,
             ProxyError::ConnectTimeout,

@@ -83,6 +83,8 @@ async fn build_targets(cfg: &Config) -> anyhow::Result<Vec<Arc<Target>>> {
         addrs.dedup();
         let t = Target::new(name, r.protocol, &addrs, cfg.balancer)
             .map_err(|e| anyhow::anyhow!("route {}: {e}", r.authority))?;
+        // Configured by the operator: named in metrics from the start.
+        t.prove();
         targets.push(Arc::new(t));
     }
     Ok(targets)
@@ -143,8 +145,8 @@ fn build_policy(
     )))
 }
 
-/// Most concurrent admin connections: probes and scrapes, a handful at a time.
-const ADMIN_MAX_CONNECTIONS: usize = 256;
+/// Most concurrent admin connections: kubelet and Prometheus, a handful at a time.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Most concurrent probe connections: the probe port faces the internet, and each linked
 /// cluster's service mirror holds one.
 const PROBE_MAX_CONNECTIONS: usize = 128;
@@ -242,6 +244,7 @@ pub async fn start(
         .transpose()?;
 
     let readiness = Arc::new(Readiness::default());
+    let renders = Arc::new(tokio::sync::Semaphore::new(admin::MAX_RENDERS));
     let admin_on = |surface| {
         Arc::new(Admin {
             surface,
@@ -250,6 +253,7 @@ pub async fn start(
             tls: admin_tls.clone(),
             identity: own_id.clone(),
             handshake_timeout: cfg.handshake_timeout,
+            renders: renders.clone(),
         })
     };
     let admin = admin_on(admin::Surface::Admin);

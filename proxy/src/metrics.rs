@@ -152,18 +152,29 @@ pub fn http_error(error: &'static str) {
     counter!("inbound_http_errors_total", "error" => error).increment(1);
 }
 
-pub fn upstream_error(error: &'static str, target_addr: &str) {
-    counter!("outbound_http_errors_total", "error" => error, "target_addr" => target_addr.to_string())
+/// `target_addr`: empty unless the target is proven to answer (see
+/// [`crate::routing::Target::metric_name`]), so unanswered addresses add no series.
+pub fn upstream_error(error: &'static str, target_addr: String) {
+    counter!("outbound_http_errors_total", "error" => error, "target_addr" => target_addr)
         .increment(1);
 }
 
-/// A connection that named its target in a transport header.
-pub fn transport_header_connection(protocol: &'static str, port: u16, name: &str, client_id: &str) {
+/// A connection that named its target in a transport header. `target`: `None` for a name
+/// not yet proven to answer, which is counted with empty name and port labels.
+pub fn transport_header_connection(
+    protocol: &'static str,
+    target: Option<&crate::authority::Authority>,
+    client_id: &str,
+) {
+    let (name, port) = match target {
+        Some(t) => (t.host().to_string(), t.port().to_string()),
+        None => (String::new(), String::new()),
+    };
     counter!(
         "inbound_tcp_transport_header_connections_total",
         "session_protocol" => protocol,
-        "target_port" => port.to_string(),
-        "target_name" => name.to_string(),
+        "target_port" => port,
+        "target_name" => name,
         "client_id" => client_id.to_string()
     )
     .increment(1);

@@ -182,3 +182,57 @@ async fn refused_requests_are_logged_with_the_name_asked_for_and_thinned() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_never_answer_add_no_metric_series() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    // web-svc resolves (a fixed host entry stands in for cluster DNS); only one port of it
+    // answers.
+    let gw = Gateway::start(&fx, &["--host", &format!("{WEB_SVC}=127.0.0.1")]);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let mut get = |port: u16| {
+        let req = Request::get(format!("http://{WEB_SVC}:{port}/echo"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let fut = send.send_request(req);
+        async move { fut.await.unwrap().status() }
+    };
+    assert_eq!(get(backend.port()).await, StatusCode::OK);
+    let before = gw.metrics().len();
+    // 300 ports of the same name that nothing listens on: each resolves, each fails.
+    for _ in 0..300 {
+        assert_eq!(get(free_port()).await, StatusCode::BAD_GATEWAY);
+    }
+    let m = gw.metrics();
+    let authorities: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("request_total{"))
+        .filter_map(|l| l.split("authority=\"").nth(1)?.split('"').next())
+        .collect();
+    let answered = format!("{WEB_SVC}:{}", backend.port());
+    assert_eq!(
+        authorities,
+        ["", answered.as_str()].into_iter().collect(),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("outbound_http_errors_total{"))
+            .all(|l| l.contains("target_addr=\"\"")),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "request_total", &[("authority", "")]),
+        300,
+        "{m}"
+    );
+    // The page grew by the few new series, not by one per name.
+    assert!(
+        m.len() < before + 16 * 1024,
+        "/metrics grew from {before} to {} bytes",
+        m.len()
+    );
+}

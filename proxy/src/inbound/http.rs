@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::session::HttpVersion;
 use crate::{
     admission,
+    authority::Authority,
     context::{ConnCtx, Gateway},
     errors::ProxyError,
     headers::{
@@ -164,7 +165,13 @@ async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             if let Some(addr) = upstream {
-                metrics::upstream_error(e.reason(), &addr.to_string());
+                let proven = routed.as_ref().is_some_and(|t| t.metric_name().is_some());
+                let addr = if proven {
+                    addr.to_string()
+                } else {
+                    String::new()
+                };
+                metrics::upstream_error(e.reason(), addr);
             }
             metrics::http_error(e.reason());
             if log_limit::allow("request", e.reason()) {
@@ -184,9 +191,16 @@ async fn handle(
     };
     let latency = start.elapsed();
     let status = resp.status();
+    // Named in metrics only once the name has answered; until then (and for refusals) the
+    // authority label is empty.
+    let metric_name = routed
+        .as_ref()
+        .and_then(|t| t.metric_name())
+        .map(Authority::as_str)
+        .unwrap_or("");
     conn.ctx
         .metrics
-        .request(routed_name(&routed), status.as_u16(), latency);
+        .request(metric_name, status.as_u16(), latency);
     if gw.access_log {
         tracing::info!(
             target: "access",
@@ -351,6 +365,7 @@ async fn proxy(
         Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req).await?,
     };
     drop(inflight);
+    target.prove();
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {

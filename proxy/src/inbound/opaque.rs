@@ -27,6 +27,7 @@ where
     let mut upstream = gw.upstreams.connect_opaque(inflight.endpoint()).await.inspect_err(|e| {
         tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");
     })?;
+    target.prove();
     let started = Instant::now();
     // With a policy, a stream it stops authorizing is closed, as Linkerd's proxy does.
     let revoked = async {

@@ -78,8 +78,7 @@ impl Session {
         let target = admission::header_target(gw, conn.admitted, &authority).await?;
         metrics::transport_header_connection(
             SessionProtocol::label(header.protocol),
-            header.port,
-            target.name.host(),
+            target.metric_name(),
             conn.client_id.as_str(),
         );
         tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, protocol = SessionProtocol::label(header.protocol), "transport header accepted");

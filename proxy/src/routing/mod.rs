@@ -70,6 +70,9 @@ impl Resolver {
     }
 }
 
+/// How long a failed lookup is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
 /// Routing policy and state.
 pub struct Router {
     routes: HashMap<Authority, Arc<Target>>,
@@ -80,7 +83,10 @@ pub struct Router {
     balancer: Balancer,
     dns_ttl: Duration,
     dns_cache: RwLock<HashMap<Authority, (Instant, Arc<Target>)>>,
-    /// Bounds the cache against callers cycling through names.
+    /// Names DNS had no answer for, and when: asked again only after [`NEGATIVE_TTL`], so a
+    /// caller cycling through made-up names costs one lookup per name, not one per request.
+    negative: RwLock<HashMap<Authority, Instant>>,
+    /// Bounds both caches against callers cycling through names.
     dns_cache_max: usize,
     /// With a destination service configured, cluster names are discovered, not resolved.
     discovery: Option<Arc<crate::discovery::Discovery>>,
@@ -123,6 +129,7 @@ impl Router {
             balancer: cfg.balancer,
             dns_ttl: cfg.dns_ttl,
             dns_cache: RwLock::new(HashMap::new()),
+            negative: RwLock::new(HashMap::new()),
             dns_cache_max: 4096,
             discovery: cfg.discovery,
         }
@@ -160,10 +167,20 @@ impl Router {
         if let Some(t) = self.cached(authority, now) {
             return Ok(t);
         }
-        let addrs = self
+        if self.recently_failed(authority, now) {
+            return Err(ProxyError::Resolve);
+        }
+        let addrs = match self
             .resolver
             .resolve(authority.host(), authority.port())
-            .await?;
+            .await
+        {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                self.remember_failure(authority, now);
+                return Err(e);
+            }
+        };
         let target = Arc::new(Target::new(
             authority.clone(),
             Protocol::Http1,
@@ -175,13 +192,40 @@ impl Router {
             Err(p) => p.into_inner(),
         };
         if cache.len() >= self.dns_cache_max {
-            cache.retain(|_, (at, _)| now.duration_since(*at) < self.dns_ttl);
-            if cache.len() >= self.dns_cache_max {
-                cache.clear();
-            }
+            // Expired answers go first, then names that never answered; names that did (real
+            // services, with their pooled connections) are kept, and when only those fill the
+            // cache the new target serves this request uncached.
+            cache.retain(|_, (at, t)| {
+                now.duration_since(*at) < self.dns_ttl && t.metric_name().is_some()
+            });
         }
-        cache.insert(authority.clone(), (now, target.clone()));
+        if cache.len() < self.dns_cache_max {
+            cache.insert(authority.clone(), (now, target.clone()));
+        }
         Ok(target)
+    }
+
+    fn recently_failed(&self, authority: &Authority, now: Instant) -> bool {
+        let negative = match self.negative.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        negative
+            .get(authority)
+            .is_some_and(|at| now.duration_since(*at) < NEGATIVE_TTL)
+    }
+
+    fn remember_failure(&self, authority: &Authority, now: Instant) {
+        let mut negative = match self.negative.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if negative.len() >= self.dns_cache_max {
+            negative.retain(|_, at| now.duration_since(*at) < NEGATIVE_TTL);
+        }
+        if negative.len() < self.dns_cache_max {
+            negative.insert(authority.clone(), now);
+        }
     }
 
     fn cached(&self, authority: &Authority, now: Instant) -> Option<Arc<Target>> {
@@ -246,6 +290,40 @@ mod tests {
                 .unwrap_err(),
             ProxyError::BadDomain
         );
+    }
+
+    #[tokio::test]
+    async fn failed_lookups_are_remembered_briefly_and_the_caches_stay_bounded() {
+        let mut r = router(None);
+        r.dns_cache_max = 4;
+        let name = |i: u32| Authority::parse(&format!("n{i}.ns.svc.cluster.local:80")).unwrap();
+        // ".invalid" is never resolvable (RFC 6761); no lookup leaves this host for it.
+        let bad = Authority::parse("x.invalid.svc.cluster.local").unwrap();
+        let t0 = Instant::now();
+        r.remember_failure(&bad, t0);
+        assert!(r.recently_failed(&bad, t0));
+        assert!(!r.recently_failed(&bad, t0 + NEGATIVE_TTL));
+        for i in 100..110 {
+            r.remember_failure(&name(i), t0);
+        }
+        assert!(r.negative.read().unwrap().len() <= 4);
+        // Names served from fixed hosts fill the positive cache; unproven ones make room.
+        let mut hosts = HashMap::new();
+        for i in 0..10 {
+            hosts.insert(
+                format!("n{i}.ns.svc.cluster.local"),
+                vec!["127.0.0.9".parse().unwrap()],
+            );
+        }
+        r.resolver = Resolver::new(hosts);
+        let proven = r.route(&name(0)).await.unwrap();
+        proven.prove();
+        for i in 1..10 {
+            r.route(&name(i)).await.unwrap();
+        }
+        let cache = r.dns_cache.read().unwrap();
+        assert!(cache.len() <= 4);
+        assert!(cache.contains_key(&name(0)), "the proven name was evicted");
     }
 
     #[tokio::test]

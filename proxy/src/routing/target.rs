@@ -116,6 +116,10 @@ pub struct Target {
     balancer: Balancer,
     /// Present when discovery keeps the endpoint set current.
     watched: Option<Watched>,
+    /// An upstream of this name has answered (or it is a configured route). Only then do
+    /// metrics carry the name: a caller cycling through names or ports that resolve but
+    /// never answer must not grow the label space ([`Target::metric_name`]).
+    proven: AtomicBool,
 }
 
 impl Target {
@@ -174,7 +178,21 @@ impl Target {
             endpoints: RwLock::new(endpoints.into()),
             balancer,
             watched,
+            proven: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the name as one that answers: from now on metrics carry it.
+    pub fn prove(&self) {
+        // Read first: the store would dirty a cache line every request shares.
+        if !self.proven.load(Ordering::Relaxed) {
+            self.proven.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The name for metric labels: `None` until an upstream of it has answered.
+    pub fn metric_name(&self) -> Option<&Authority> {
+        self.proven.load(Ordering::Relaxed).then_some(&self.name)
     }
 
     /// The current endpoint set.
