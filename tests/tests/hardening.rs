@@ -236,3 +236,134 @@ async fn names_that_never_answer_add_no_metric_series() {
         m.len()
     );
 }
+
+/// The gateway's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80={backend}")]);
+    let pid = gw.pid();
+    // Warm up: one of each kind, read to the end.
+    let tls = client_tls(&fx, "vote-bot", &[b"h2"]);
+    let mut warm = h2_sender(gw.listen, tls.clone()).await.unwrap();
+    assert_eq!(echo(&mut warm).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(pid);
+
+    // HTTP/2: 100 streams asking for 8 MiB each on one connection whose windows are small
+    // and never read: only what flow control and the gateway's buffers hold moves.
+    let io = connect(gw.listen, tls.clone()).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let req = Request::get(format!("http://{WEB_SVC}/download?bytes={}", 8 << 20))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        held.push(send.send_request(req).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h2_peak = rss_kib(pid).saturating_sub(base);
+
+    // HTTP/1.1: 50 connections, each a 64 MiB download read by nobody.
+    let mut h1_conns = Vec::new();
+    for _ in 0..50 {
+        let mut io = connect(gw.listen, client_tls(&fx, "vote-bot", &[b"http/1.1"]))
+            .await
+            .unwrap();
+        io.write_all(
+            format!(
+                "GET /download?bytes={} HTTP/1.1\r\nhost: {WEB_SVC}\r\n\r\n",
+                64 << 20
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        h1_conns.push(io);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let peak = rss_kib(pid).saturating_sub(base);
+
+    // Slow uploads: 20 streams each sending 8 MiB to an upstream that does not read for 5 s.
+    let io = connect(gw.listen, tls.clone()).await.unwrap();
+    let (mut up_send, up_conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .unwrap();
+    let up_conn = tokio::spawn(up_conn);
+    let mut uploads = Vec::new();
+    for _ in 0..20 {
+        let req = Request::post(format!("http://{WEB_SVC}/slow?ms=5000"))
+            .body(Full::new(Bytes::from(vec![b'u'; 8 << 20])))
+            .unwrap();
+        uploads.push(tokio::spawn(up_send.send_request(req)));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_uploads = rss_kib(pid).saturating_sub(base);
+    eprintln!(
+        "rss growth: http2 100 slow streams {h2_peak} KiB; plus 50 slow http/1.1 {peak} KiB; plus 20 slow uploads {with_uploads} KiB"
+    );
+    assert!(
+        h2_peak < 16 * 1024,
+        "100 slow HTTP/2 streams cost {h2_peak} KiB"
+    );
+    assert!(
+        peak < 32 * 1024,
+        "and 50 slow HTTP/1.1 connections {peak} KiB in all"
+    );
+    assert!(
+        with_uploads < peak + 12 * 1024,
+        "20 stalled uploads cost {} KiB",
+        with_uploads.saturating_sub(peak)
+    );
+
+    // The callers leave; the memory comes back within seconds while others keep calling (the
+    // allocator returns freed pages as its threads run, not while the process sits idle).
+    drop(held);
+    drop(send);
+    conn.abort();
+    drop(h1_conns);
+    for u in uploads {
+        u.abort();
+    }
+    drop(up_send);
+    up_conn.abort();
+    let mut after = u64::MAX;
+    for _ in 0..30 {
+        for _ in 0..20 {
+            assert_eq!(echo(&mut warm).await, StatusCode::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        after = rss_kib(pid).saturating_sub(base);
+        if after <= with_uploads / 2 {
+            break;
+        }
+    }
+    eprintln!("rss growth after they left: {after} KiB");
+    assert!(
+        after <= with_uploads / 2,
+        "{after} KiB of {with_uploads} KiB still held 15 s after the callers left"
+    );
+    assert_eq!(metric(&gw.metrics(), "tcp_open_connections", &[]), 1);
+    // The gateway still serves.
+    let mut fresh = h2_sender(gw.listen, tls).await.unwrap();
+    assert_eq!(echo(&mut fresh).await, StatusCode::OK);
+}

@@ -86,10 +86,21 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         // Answering PINGs is automatic; our own detect callers that vanished.
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true)
+        // Fixed windows bound what a caller can make the gateway hold for an upstream that
+        // reads slowly: 1 MiB per stream, 4 MiB per connection (hyper's adaptive window could
+        // grow to 16 MiB per connection). At the tutorial's 150 ms RTT that still moves
+        // ~50 Mbit/s per stream and ~200 Mbit/s per connection.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // What waits for a slow reader per stream, beyond its flow-control window.
+        .max_send_buf_size(SEND_BUF_PER_STREAM)
         .max_pending_accept_reset_streams(Some(64));
     b
 }
+
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 
 /// A caller's HTTP connection: the connection context and, when a transport header named
 /// one, the target every request goes to.

@@ -94,6 +94,18 @@ impl EndpointPool {
     }
 }
 
+/// Most bytes one upstream HTTP/1.1 connection buffers (read and write each): a response
+/// whose caller reads slowly waits here and in the kernel, not in a buffer that grows. hyper's
+/// default lets the read buffer grow to 400 KB, which slow callers turned into ~0.8 MB per
+/// connection.
+const HTTP1_MAX_BUF: usize = 64 * 1024;
+
+fn http1_builder() -> hyper::client::conn::http1::Builder {
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(HTTP1_MAX_BUF);
+    b
+}
+
 impl Upstreams {
     /// Inside a Tokio runtime this also starts the task that closes expired idle connections.
     /// `tls` is what meshed endpoints are spoken to with; without it they are refused.
@@ -104,7 +116,7 @@ impl Upstreams {
                 connect_timeout: cfg.connect_timeout,
                 tls,
             },
-            http1: hyper::client::conn::http1::Builder::new(),
+            http1: http1_builder(),
             http2: http2::builder(),
             pools: Mutex::new(Vec::new()),
         });
