@@ -128,6 +128,21 @@ pub struct Cli {
     /// Deadline for a Linkerd transport header after the handshake [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_TRANSPORT_HEADER_TIMEOUT")]
     pub transport_header_timeout: Option<Duration>,
+    /// An HTTP/1.1 connection with no request open is closed after this [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_HTTP1_IDLE_TIMEOUT")]
+    pub http1_idle_timeout: Option<Duration>,
+    /// An HTTP/2 connection with no stream open (PINGs aside) is closed after this
+    /// [default: 10m].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_HTTP2_IDLE_TIMEOUT")]
+    pub http2_idle_timeout: Option<Duration>,
+    /// An opaque stream or upgraded tunnel with no byte either way is closed after this
+    /// [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_OPAQUE_IDLE_TIMEOUT")]
+    pub opaque_idle_timeout: Option<Duration>,
+    /// A caller that takes no byte for this long while the gateway has some to send is cut
+    /// off [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_WRITE_STALL_TIMEOUT")]
+    pub write_stall_timeout: Option<Duration>,
     /// How long in-flight requests may finish after SIGTERM [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<Duration>,
@@ -177,6 +192,10 @@ pub struct FileConfig {
     pub response_timeout: Option<String>,
     pub drain_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub http1_idle_timeout: Option<String>,
+    pub http2_idle_timeout: Option<String>,
+    pub opaque_idle_timeout: Option<String>,
+    pub write_stall_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub transport_header_timeout: Option<String>,
     pub cert_reload_interval: Option<String>,
@@ -282,6 +301,8 @@ pub struct Config {
     pub response_timeout: Duration,
     pub drain_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Callers' connections: idle per kind, and write stalls.
+    pub timeouts: crate::watchdog::Timeouts,
     pub header_read_timeout: Duration,
     pub header_timeout: Duration,
     pub cert_reload_interval: Duration,
@@ -298,6 +319,19 @@ fn dur(field: &str, v: Option<String>, default: Duration) -> anyhow::Result<Dura
         None => Ok(default),
         Some(s) => humantime::parse_duration(&s)
             .with_context(|| format!("{field}: {s:?} is not a duration")),
+    }
+}
+
+/// A duration from the flag, else the file, else `default`.
+fn pick(
+    field: &str,
+    flag: Option<Duration>,
+    file: Option<String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match flag {
+        Some(d) => Ok(d),
+        None => dur(field, file, default),
     }
 }
 
@@ -538,6 +572,32 @@ impl Config {
                 dur("drain_timeout", file.drain_timeout, Duration::from_secs(30))
             })?,
             idle_timeout: dur("idle_timeout", file.idle_timeout, Duration::from_secs(90))?,
+            timeouts: crate::watchdog::Timeouts {
+                http1_idle: pick(
+                    "http1_idle_timeout",
+                    cli.http1_idle_timeout,
+                    file.http1_idle_timeout,
+                    Duration::from_secs(60),
+                )?,
+                http2_idle: pick(
+                    "http2_idle_timeout",
+                    cli.http2_idle_timeout,
+                    file.http2_idle_timeout,
+                    Duration::from_secs(600),
+                )?,
+                opaque_idle: pick(
+                    "opaque_idle_timeout",
+                    cli.opaque_idle_timeout,
+                    file.opaque_idle_timeout,
+                    Duration::from_secs(3600),
+                )?,
+                write_stall: pick(
+                    "write_stall_timeout",
+                    cli.write_stall_timeout,
+                    file.write_stall_timeout,
+                    Duration::from_secs(60),
+                )?,
+            },
             header_read_timeout: dur(
                 "header_read_timeout",
                 file.header_read_timeout,

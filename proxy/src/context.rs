@@ -14,6 +14,7 @@ use crate::{
     policy::Policy,
     routing::Router,
     upstream::Upstreams,
+    watchdog::{Activity, Timeouts},
 };
 
 /// Everything the request path reads, built once at start-up.
@@ -29,6 +30,8 @@ pub struct Gateway {
     pub drain: Drain,
     /// One `access` line per request (per connection for opaque streams).
     pub access_log: bool,
+    /// Idle and stall bounds for callers' connections.
+    pub timeouts: Timeouts,
 }
 
 /// What is known about the caller's connection.
@@ -43,10 +46,18 @@ pub struct ConnCtx {
     /// start of this gateway's `Forwarded` element.
     pub client_id_header: Option<HeaderValue>,
     pub forwarded_prefix: String,
+    /// Bytes and requests on this connection, for its watchdog.
+    pub activity: Arc<Activity>,
 }
 
 impl ConnCtx {
-    pub fn new(gw: &Gateway, peer: SocketAddr, client_id: Identity, metrics: ConnMetrics) -> Self {
+    pub fn new(
+        gw: &Gateway,
+        peer: SocketAddr,
+        client_id: Identity,
+        metrics: ConnMetrics,
+        activity: Arc<Activity>,
+    ) -> Self {
         Self {
             client_id_header: HeaderValue::from_str(client_id.as_str()).ok(),
             forwarded_prefix: format!("by={};for={};host=", gw.identity, client_id),
@@ -54,6 +65,7 @@ impl ConnCtx {
             peer,
             client_id,
             metrics,
+            activity,
         }
     }
 }

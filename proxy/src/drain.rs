@@ -26,6 +26,8 @@ use tokio_util::{
     task::TaskTracker,
 };
 
+use crate::watchdog::Verdict;
+
 /// How long connections get to finish closing once the deadline has passed.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -93,17 +95,56 @@ impl Drain {
     where
         C: Future<Output = T>,
     {
-        let mut conn = pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => return Some(r),
-            _ = self.draining() => graceful(conn.as_mut()),
+        match self
+            .serve_http_watched(kind, conn, graceful, std::future::pending())
+            .await
+        {
+            HttpServed::Finished(r) => Some(r),
+            HttpServed::ClosedByDrain | HttpServed::Closed(_) => None,
         }
+    }
+
+    /// [`Drain::serve_http`] with a watchdog: an idle connection is closed gracefully (in
+    /// flight nothing, so at once; given [`IDLE_CLOSE_GRACE`] at most), a stalled one dropped.
+    pub async fn serve_http_watched<C, T>(
+        &self,
+        kind: &'static str,
+        conn: C,
+        graceful: impl FnOnce(Pin<&mut C>),
+        watch: impl Future<Output = Verdict>,
+    ) -> HttpServed<T>
+    where
+        C: Future<Output = T>,
+    {
+        let mut conn = pin!(conn);
+        let idle = tokio::select! {
+            r = conn.as_mut() => return HttpServed::Finished(r),
+            _ = self.draining() => {
+                graceful(conn.as_mut());
+                false
+            }
+            v = watch => match v {
+                Verdict::Idle => {
+                    graceful(conn.as_mut());
+                    true
+                }
+                Verdict::WriteStalled => return HttpServed::Closed(v),
+            },
+        };
+        let grace = async {
+            if idle {
+                tokio::time::sleep(IDLE_CLOSE_GRACE).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
-            r = conn.as_mut() => Some(r),
+            r = conn.as_mut() => if idle { HttpServed::Closed(Verdict::Idle) } else { HttpServed::Finished(r) },
             _ = self.closing() => {
                 crate::metrics::drain_closed(kind);
-                None
+                HttpServed::ClosedByDrain
             }
+            _ = grace => HttpServed::Closed(Verdict::Idle),
         }
     }
 
@@ -139,6 +180,20 @@ impl Drain {
         Drained::Closed { open }
     }
 }
+
+/// How an HTTP connection served by [`Drain::serve_http_watched`] ended.
+#[derive(Debug)]
+pub enum HttpServed<T> {
+    /// The connection ended by itself (or finished after draining began).
+    Finished(T),
+    /// Still open at the drain deadline, and dropped.
+    ClosedByDrain,
+    /// Closed by its watchdog: gracefully when idle, dropped when stalled.
+    Closed(Verdict),
+}
+
+/// How long an idle connection asked to close may take to do it.
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// A drain step as a future that costs one atomic load per poll once its task is registered
 /// for the wake-up: connections and streams poll it beside their I/O on every wake-up.

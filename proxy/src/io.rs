@@ -1,13 +1,17 @@
-//! An I/O wrapper that counts bytes each way into Prometheus counters.
+//! An I/O wrapper that counts bytes each way into Prometheus counters and notes the
+//! connection's [`Activity`] for its watchdog.
 
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::watchdog::Activity;
 
 /// Counts bytes read and written. Before counters are attached (the TLS handshake, when the
 /// caller's identity, and so the labels, are not known yet) it keeps running totals.
@@ -16,15 +20,17 @@ pub struct CountingIo<T> {
     counters: Option<(Counter, Counter)>,
     pending_read: u64,
     pending_write: u64,
+    activity: Arc<Activity>,
 }
 
 impl<T> CountingIo<T> {
-    pub fn new(inner: T) -> Self {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self {
             inner,
             counters: None,
             pending_read: 0,
             pending_write: 0,
+            activity,
         }
     }
 
@@ -35,12 +41,18 @@ impl<T> CountingIo<T> {
     }
 
     fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = res {
-            let n = *n as u64;
-            match &self.counters {
-                Some((_, w)) => w.increment(n),
-                None => self.pending_write += n,
+        match res {
+            Poll::Ready(Ok(n)) => {
+                self.activity.moved(*n);
+                self.activity.write_unblocked();
+                let n = *n as u64;
+                match &self.counters {
+                    Some((_, w)) => w.increment(n),
+                    None => self.pending_write += n,
+                }
             }
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(Err(_)) => {}
         }
     }
 }
@@ -55,6 +67,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
         if n > 0 {
+            self.activity.moved(n as usize);
             match &self.counters {
                 Some((r, _)) => r.increment(n),
                 None => self.pending_read += n,

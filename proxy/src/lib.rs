@@ -36,6 +36,7 @@ pub mod routing;
 mod splice;
 mod tls;
 mod upstream;
+mod watchdog;
 
 use std::{sync::Arc, time::Duration};
 
@@ -210,6 +211,7 @@ pub async fn start(
         policy,
         drain: drain.clone(),
         access_log: cfg.access_log,
+        timeouts: cfg.timeouts,
     });
     // Server preference: a caller offering the transport header gets it.
     let server_tls = Arc::new(mtls::server_config(

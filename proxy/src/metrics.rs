@@ -195,6 +195,12 @@ pub fn conn_error(e: &ConnError, listener: &'static str) {
     }
 }
 
+/// A connection (`http`) or stream (`opaque`, `upgrade`) closed by its watchdog; `reason`:
+/// `idle` or `write stalled`.
+pub fn watchdog_closed(reason: &'static str, kind: &'static str) {
+    counter!("gateway_connections_closed_total", "reason" => reason, "kind" => kind).increment(1);
+}
+
 /// The accept loop ran out of resources (descriptors, buffers) and paused.
 pub fn accept_backoff(listener: &'static str) {
     counter!("gateway_accept_backoffs_total", "listener" => listener).increment(1);

@@ -22,8 +22,9 @@ pub enum Spliced {
     Failed(io::Error),
     /// Still open at the drain deadline; both sides were shut down.
     ClosedByDrain,
-    /// Ended by `stop` (an authorization revoked); both sides were shut down.
-    Stopped,
+    /// Ended by `stop` (an authorization revoked, the stream idle or its reader stalled),
+    /// for the reason it gave; both sides were shut down.
+    Stopped(&'static str),
 }
 
 /// Copies between `a` and `b` until both have finished, or until the drain deadline (the
@@ -33,7 +34,7 @@ pub async fn splice<A, B>(
     b: &mut B,
     drain: &Drain,
     kind: &'static str,
-    stop: impl std::future::Future<Output = ()>,
+    stop: impl std::future::Future<Output = &'static str>,
 ) -> Spliced
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -48,7 +49,7 @@ where
             metrics::drain_closed(kind);
             Spliced::ClosedByDrain
         }
-        _ = stop => Spliced::Stopped,
+        reason = stop => Spliced::Stopped(reason),
     };
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, a.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, b.shutdown()).await;
@@ -69,7 +70,16 @@ mod tests {
         let d = drain.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         drain.spawn(async move {
-            let _ = tx.send(splice(&mut a, &mut b, &d, "test", std::future::pending()).await);
+            let _ = tx.send(
+                splice(
+                    &mut a,
+                    &mut b,
+                    &d,
+                    "test",
+                    std::future::pending::<&'static str>(),
+                )
+                .await,
+            );
         });
         a_outer.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];

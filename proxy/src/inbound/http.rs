@@ -22,6 +22,7 @@ use crate::{
     admission,
     authority::Authority,
     context::{ConnCtx, Gateway},
+    drain::HttpServed,
     errors::ProxyError,
     headers::{
         is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
@@ -32,6 +33,7 @@ use crate::{
     routing::{Protocol, Target},
     splice::{splice, Spliced},
     upstream::UpstreamBody,
+    watchdog::{watch, Idle, OpenRequest, Verdict},
 };
 
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -130,17 +132,37 @@ pub async fn serve<IO>(
     let served = servers
         .get(version)
         .serve_connection_with_upgrades(TokioIo::new(io), service);
-    let Some(result) = gw
-        .drain
-        .serve_http("http", served, |c| c.graceful_shutdown())
-        .await
-    else {
-        tracing::info!(peer = %conn.ctx.peer, client_id = %conn.ctx.client_id, "HTTP connection closed at the drain deadline");
-        return;
+    let t = gw.timeouts;
+    let idle = match version {
+        HttpVersion::Http2 => Idle::Requests(t.http2_idle),
+        HttpVersion::Http1 | HttpVersion::Detect => Idle::Requests(t.http1_idle),
     };
-    if let Err(e) = result {
-        conn.ctx.metrics.set_close_error("EIO");
-        tracing::debug!(peer = %conn.ctx.peer, client_id = %conn.ctx.client_id, error = %e, "connection ended with an error");
+    let watch = watch(&conn.ctx.activity, idle, t.write_stall);
+    let (peer, client_id) = (conn.ctx.peer, &conn.ctx.client_id);
+    match gw
+        .drain
+        .serve_http_watched("http", served, |c| c.graceful_shutdown(), watch)
+        .await
+    {
+        HttpServed::Finished(Ok(())) => {}
+        HttpServed::Finished(Err(e)) => {
+            conn.ctx.metrics.set_close_error("EIO");
+            tracing::debug!(%peer, %client_id, error = %e, "connection ended with an error");
+        }
+        HttpServed::ClosedByDrain => {
+            tracing::info!(%peer, %client_id, "HTTP connection closed at the drain deadline");
+        }
+        HttpServed::Closed(v) => {
+            metrics::watchdog_closed(v.reason(), "http");
+            match v {
+                Verdict::Idle => tracing::debug!(%peer, %client_id, "idle HTTP connection closed"),
+                Verdict::WriteStalled => {
+                    if log_limit::allow("http", v.reason()) {
+                        tracing::warn!(%peer, %client_id, reason = v.reason(), stall = ?t.write_stall, "HTTP connection closed: the caller stopped reading");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -159,6 +181,7 @@ async fn handle(
     let mut upstream: Option<SocketAddr> = None;
     // The name asked for, kept only when the request is refused before it is routed.
     let mut asked: Option<String> = None;
+    let open = conn.ctx.activity.open_request();
     // Boxed: hyper moves the service future into a task per HTTP/2 stream, and this keeps
     // that move to a pointer instead of some 3 KB of state. Linkerd callers always speak
     // HTTP/2 to the gateway: -2.8% instructions per request on that path, +1% on direct
@@ -170,6 +193,7 @@ async fn handle(
         &mut routed,
         &mut upstream,
         &mut asked,
+        open,
     ))
     .await
     {
@@ -295,6 +319,7 @@ async fn proxy(
     routed: &mut Option<Arc<Target>>,
     upstream: &mut Option<SocketAddr>,
     asked: &mut Option<String>,
+    open: OpenRequest,
 ) -> Result<Response<Body>, ProxyError> {
     let ctx = &conn.ctx;
     let target = match admit(gw, conn, &mut req).await {
@@ -383,13 +408,21 @@ async fn proxy(
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let peer = ctx.peer;
             let drain = gw.drain.clone();
+            // From here the tunnel is a byte stream, watched as one.
+            drop(open);
+            let activity = ctx.activity.clone();
+            let t = gw.timeouts;
             gw.drain.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        match splice(&mut c, &mut u, &drain, "upgrade", std::future::pending())
-                            .await
-                        {
+                        let stop = async {
+                            let v = watch(&activity, Idle::Bytes(t.opaque_idle), t.write_stall)
+                                .await;
+                            metrics::watchdog_closed(v.reason(), "upgrade");
+                            v.reason()
+                        };
+                        match splice(&mut c, &mut u, &drain, "upgrade", stop).await {
                             Spliced::Done { .. } => {}
                             Spliced::Failed(e) => {
                                 tracing::debug!(%peer, error = %e, "upgraded stream ended")
@@ -397,7 +430,9 @@ async fn proxy(
                             Spliced::ClosedByDrain => {
                                 tracing::info!(%peer, "upgraded stream closed at the drain deadline")
                             }
-                            Spliced::Stopped => {}
+                            Spliced::Stopped(reason) => {
+                                tracing::debug!(%peer, reason, "upgraded stream closed")
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
@@ -420,6 +455,7 @@ async fn proxy(
         };
         resp.headers_mut().insert(L5D_ORIG_PROTO, marker);
     }
+    resp.body_mut().hold(open);
     Ok(resp.map(Either::Left))
 }
 

@@ -26,6 +26,7 @@ use crate::{
     log_limit,
     metrics::{self, ConnMetrics},
     tls::{self, FirstByte},
+    watchdog::Activity,
 };
 
 /// What the gateway port needs besides the shared [`Gateway`].
@@ -77,6 +78,7 @@ impl Inbound {
     ) -> Result<(), ConnError> {
         let local = tcp.local_addr().ok();
         let gw = &self.gw;
+        let activity = Arc::new(Activity::default());
         // Until the caller has proven who it is, it holds a pending slot and may be shed to
         // make room for a newer connection.
         let authenticate = async {
@@ -89,7 +91,7 @@ impl Inbound {
                 }
             }
             let mut stream = tls::accept(
-                CountingIo::new(tcp),
+                CountingIo::new(tcp, activity.clone()),
                 self.tls.clone(),
                 &gw.identity,
                 self.handshake_timeout,
@@ -114,7 +116,7 @@ impl Inbound {
             conn_metrics.read_bytes.clone(),
             conn_metrics.write_bytes.clone(),
         );
-        let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics);
+        let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics, activity);
         if let Err(e) = ctx.admitted {
             if log_limit::allow("caller", e.reason()) {
                 tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());

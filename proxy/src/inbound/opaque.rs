@@ -7,8 +7,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{
     context::{ConnCtx, Gateway},
     errors::ConnError,
+    metrics,
     routing::Target,
     splice::{splice, Spliced},
+    watchdog::{watch, Idle},
 };
 
 /// Connects to one of the target's endpoints and joins the caller's stream to it until both
@@ -29,14 +31,25 @@ where
     })?;
     target.prove();
     let started = Instant::now();
-    // With a policy, a stream it stops authorizing is closed, as Linkerd's proxy does.
+    // With a policy, a stream it stops authorizing is closed, as Linkerd's proxy does; and a
+    // stream idle too long, or whose caller stopped reading, is closed too.
     let revoked = async {
         match &gw.policy {
             Some(p) => p.revoked(&conn.client_id, conn.peer.ip()).await,
             None => std::future::pending().await,
         }
     };
-    match splice(&mut io, &mut upstream, &gw.drain, "opaque", revoked).await {
+    let t = gw.timeouts;
+    let stop = async {
+        tokio::select! {
+            _ = revoked => "unauthorized",
+            v = watch(&conn.activity, Idle::Bytes(t.opaque_idle), t.write_stall) => {
+                metrics::watchdog_closed(v.reason(), "opaque");
+                v.reason()
+            }
+        }
+    };
+    match splice(&mut io, &mut upstream, &gw.drain, "opaque", stop).await {
         Spliced::Done { a_to_b, b_to_a } => {
             if gw.access_log {
                 tracing::info!(
@@ -54,8 +67,11 @@ where
         Spliced::ClosedByDrain => {
             tracing::info!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, "opaque stream closed at the drain deadline");
         }
-        Spliced::Stopped => {
+        Spliced::Stopped("unauthorized") => {
             tracing::warn!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, "opaque stream closed: the policy no longer authorizes the caller");
+        }
+        Spliced::Stopped(reason) => {
+            tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, reason, "opaque stream closed");
         }
     }
     drop(inflight);

@@ -244,6 +244,9 @@ pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
     ended: bool,
+    /// The caller's request stays open (for its connection's idle watchdog) until this body
+    /// has been sent or dropped.
+    open: Option<crate::watchdog::OpenRequest>,
 }
 
 impl UpstreamBody {
@@ -252,6 +255,7 @@ impl UpstreamBody {
             inner,
             lease: None,
             ended: false,
+            open: None,
         }
     }
 
@@ -260,7 +264,13 @@ impl UpstreamBody {
             inner,
             lease: Some(lease),
             ended: false,
+            open: None,
         }
+    }
+
+    /// Keeps the caller's request open while this body is being sent.
+    pub fn hold(&mut self, open: crate::watchdog::OpenRequest) {
+        self.open = Some(open);
     }
 }
 
