@@ -109,11 +109,17 @@ impl CallerPattern {
         Ok(Self::Exact(s))
     }
 
-    fn matches(&self, id: &str) -> bool {
+    pub fn matches_str(&self, id: &str) -> bool {
         match self {
             Self::Exact(e) => id == e,
             Self::Suffix(s) => id.len() > s.len() && id.ends_with(s.as_str()),
         }
+    }
+}
+
+impl CallerPattern {
+    pub fn matches(&self, id: &Identity) -> bool {
+        self.matches_str(id.as_str())
     }
 }
 
@@ -129,7 +135,7 @@ impl CallerPolicy {
     }
 
     pub fn allows(&self, id: &Identity) -> bool {
-        self.allow.is_empty() || self.allow.iter().any(|p| p.matches(id.as_str()))
+        self.allow.is_empty() || self.allow.iter().any(|p| p.matches(id))
     }
 }
 

@@ -113,6 +113,16 @@ pub struct Cli {
     /// [default: 2048].
     #[arg(long, env = "GATEWAY_MAX_PENDING_CONNECTIONS")]
     pub max_pending_connections: Option<usize>,
+    /// Most connections one caller identity may hold [default: 2500].
+    #[arg(long, env = "GATEWAY_CALLER_MAX_CONNECTIONS")]
+    pub caller_max_connections: Option<usize>,
+    /// Most requests (streams) one caller identity may have open at once [default: 5000].
+    #[arg(long, env = "GATEWAY_CALLER_MAX_CONCURRENT_REQUESTS")]
+    pub caller_max_concurrent_requests: Option<usize>,
+    /// Most requests per second one caller identity may send, bursts of a second's worth
+    /// [default: unlimited].
+    #[arg(long, env = "GATEWAY_CALLER_REQUESTS_PER_SECOND")]
+    pub caller_requests_per_second: Option<f64>,
     /// TLS handshake deadline [default: 10s].
     #[arg(long, value_parser = humantime::parse_duration, env = "GATEWAY_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout: Option<Duration>,
@@ -187,6 +197,8 @@ pub struct FileConfig {
     pub balancer: Option<Balancer>,
     pub max_connections: Option<usize>,
     pub max_pending_connections: Option<usize>,
+    #[serde(default)]
+    pub caller_limits: CallerLimitsFile,
     pub handshake_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub response_timeout: Option<String>,
@@ -205,6 +217,38 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub access_log: Option<bool>,
+}
+
+/// `[caller_limits]`: the budget of every caller identity, and `[[caller_limits.overrides]]`
+/// for identity patterns (first match wins; unset fields fall back to the default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerLimitsFile {
+    pub max_connections: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub requests_per_second: Option<f64>,
+    #[serde(default)]
+    pub overrides: Vec<CallerLimitOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerLimitOverride {
+    /// An identity, or `*.suffix`.
+    pub identity: String,
+    pub max_connections: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub requests_per_second: Option<f64>,
+}
+
+impl CallerLimitOverride {
+    pub fn limits(&self) -> crate::quota::Limits {
+        crate::quota::Limits {
+            max_connections: self.max_connections,
+            max_concurrent_requests: self.max_concurrent_requests,
+            requests_per_second: self.requests_per_second,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +340,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Connections not yet authenticated; the oldest is shed when a new one finds it full.
     pub max_pending_connections: usize,
+    /// Every caller identity's budget; `caller_overrides` by pattern.
+    pub caller_limits: crate::quota::Limits,
+    pub caller_overrides: Vec<CallerLimitOverride>,
     pub handshake_timeout: Duration,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -547,6 +594,23 @@ impl Config {
                 .max_pending_connections
                 .or(file.max_pending_connections)
                 .unwrap_or(2048),
+            caller_limits: crate::quota::Limits {
+                max_connections: Some(
+                    cli.caller_max_connections
+                        .or(file.caller_limits.max_connections)
+                        .unwrap_or(2500),
+                ),
+                max_concurrent_requests: Some(
+                    cli.caller_max_concurrent_requests
+                        .or(file.caller_limits.max_concurrent_requests)
+                        .unwrap_or(5000),
+                ),
+                requests_per_second: cli
+                    .caller_requests_per_second
+                    .or(file.caller_limits.requests_per_second)
+                    .filter(|r| *r > 0.0),
+            },
+            caller_overrides: file.caller_limits.overrides,
             handshake_timeout: cli.handshake_timeout.map(Ok).unwrap_or_else(|| {
                 dur(
                     "handshake_timeout",

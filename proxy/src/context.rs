@@ -12,9 +12,10 @@ use crate::{
     errors::ProxyError,
     metrics::ConnMetrics,
     policy::Policy,
+    quota::{CallerQuota, Quotas, RequestPermit},
     routing::Router,
     upstream::Upstreams,
-    watchdog::{Activity, Timeouts},
+    watchdog::{Activity, OpenRequest, Timeouts},
 };
 
 /// Everything the request path reads, built once at start-up.
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub access_log: bool,
     /// Idle and stall bounds for callers' connections.
     pub timeouts: Timeouts,
+    /// Each caller identity's share of the gateway.
+    pub quotas: Arc<Quotas>,
 }
 
 /// What is known about the caller's connection.
@@ -48,6 +51,26 @@ pub struct ConnCtx {
     pub forwarded_prefix: String,
     /// Bytes and requests on this connection, for its watchdog.
     pub activity: Arc<Activity>,
+    /// This connection's place in its caller's budget.
+    pub quota: CallerQuota,
+}
+
+/// What a request holds until its response has been sent: its place in the connection's
+/// activity and in its caller's budget.
+/// Nothing reads it: dropping it is what matters.
+#[derive(Debug)]
+pub struct Held {
+    _open: OpenRequest,
+    _quota: Option<RequestPermit>,
+}
+
+impl Held {
+    pub fn new(open: OpenRequest, quota: Option<RequestPermit>) -> Self {
+        Self {
+            _open: open,
+            _quota: quota,
+        }
+    }
 }
 
 impl ConnCtx {
@@ -57,6 +80,7 @@ impl ConnCtx {
         client_id: Identity,
         metrics: ConnMetrics,
         activity: Arc<Activity>,
+        quota: CallerQuota,
     ) -> Self {
         Self {
             client_id_header: HeaderValue::from_str(client_id.as_str()).ok(),
@@ -66,6 +90,7 @@ impl ConnCtx {
             client_id,
             metrics,
             activity,
+            quota,
         }
     }
 }

@@ -26,6 +26,13 @@ pub enum ProxyError {
     /// `linkerd-policy`'s authorizations for the gateway port do not admit this caller.
     #[error("unauthorized")]
     Unauthorized,
+    /// The caller identity already holds its budget of connections (`--caller-max-connections`
+    /// or a `[[caller_limits]]` override).
+    #[error("caller connection limit")]
+    CallerConnections,
+    /// The caller identity has its budget of requests open, or is over its request rate.
+    #[error("too many requests")]
+    TooManyRequests,
     /// The gateway port has HTTP routes and none takes this request.
     #[error("no route")]
     NoRoute,
@@ -86,6 +93,8 @@ impl ProxyError {
             ProxyError::CallerDenied => "caller not allowed",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::NoRoute => "no route",
+            ProxyError::CallerConnections => "caller connection limit",
+            ProxyError::TooManyRequests => "too many requests",
             ProxyError::Loop => "gateway loop",
             ProxyError::NoAuthority => "missing authority",
             ProxyError::BadAuthority => "invalid authority",
@@ -112,6 +121,9 @@ impl ProxyError {
                 StatusCode::FORBIDDEN
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::CallerConnections | ProxyError::TooManyRequests => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::NoAuthority
             | ProxyError::BadAuthority
@@ -244,6 +256,8 @@ mod tests {
             ProxyError::CallerDenied,
             ProxyError::Unauthorized,
             ProxyError::NoRoute,
+            ProxyError::CallerConnections,
+            ProxyError::TooManyRequests,
             ProxyError::Loop,
             ProxyError::NoAuthority,
             ProxyError::BadAuthority,

@@ -32,6 +32,7 @@ mod message;
 pub mod metrics;
 pub mod outbound;
 mod policy;
+mod quota;
 pub mod routing;
 mod splice;
 mod tls;
@@ -212,6 +213,17 @@ pub async fn start(
         drain: drain.clone(),
         access_log: cfg.access_log,
         timeouts: cfg.timeouts,
+        quotas: Arc::new(quota::Quotas::new(
+            cfg.caller_limits,
+            cfg.caller_overrides
+                .iter()
+                .map(|o| {
+                    CallerPattern::parse(&o.identity)
+                        .map(|p| (p, o.limits()))
+                        .map_err(anyhow::Error::msg)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )),
     });
     // Server preference: a caller offering the transport header gets it.
     let server_tls = Arc::new(mtls::server_config(

@@ -195,6 +195,12 @@ pub fn conn_error(e: &ConnError, listener: &'static str) {
     }
 }
 
+/// A caller over one of its budgets (`limit`: `connections`, `concurrent_requests`, `rate`).
+pub fn caller_limited(client_id: &str, limit: &'static str) {
+    counter!("gateway_caller_limited_total", "client_id" => client_id.to_string(), "limit" => limit)
+        .increment(1);
+}
+
 /// A connection (`http`) or stream (`opaque`, `upgrade`) closed by its watchdog; `reason`:
 /// `idle` or `write stalled`.
 pub fn watchdog_closed(reason: &'static str, kind: &'static str) {

@@ -146,7 +146,9 @@ pub async fn watch(activity: &Activity, idle: Idle, stall: Duration) -> Verdict 
         Idle::Bytes(_) => false,
     };
     let mut seen = progress();
-    let mut quiet_since = Instant::now();
+    // When quiet was first seen (a tick's time, so a connection is never closed before it
+    // has been quiet for the whole timeout; at most one period after).
+    let mut quiet_since = Some(Instant::now());
     let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -158,8 +160,11 @@ pub async fn watch(activity: &Activity, idle: Idle, stall: Duration) -> Verdict 
         let p = progress();
         if p != seen || busy() {
             seen = p;
-            quiet_since = now;
-        } else if now.duration_since(quiet_since) >= idle_for {
+            quiet_since = None;
+            continue;
+        }
+        let since = *quiet_since.get_or_insert(now);
+        if now.duration_since(since) >= idle_for {
             return Verdict::Idle;
         }
     }

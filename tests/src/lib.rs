@@ -112,11 +112,22 @@ pub fn gateway_bin() -> PathBuf {
         .clone()
 }
 
+/// A port nothing listens on now, chosen below the kernel's ephemeral range (32768 and up)
+/// so that the many client sockets tests open cannot take it before the gateway binds it;
+/// random, so parallel tests rarely pick the same.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 10_000 + (h.finish() % 20_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 10000-29999")
 }
 
 /// A running gateway process; killed on drop. Its log goes to `<dir>/gateway-<port>.log`.

@@ -1,6 +1,10 @@
-//! What a stranger on the internet can do to the gateway's published ports, and what it must
-//! not achieve: connection floods that never finish a handshake, and log floods. Loopback
-//! only; every flood is bounded in count and time.
+//! What a stranger on the internet (or a noisy caller) can do to the gateway, and what it must
+//! not achieve: connection floods that never finish a handshake, log floods, names by the
+//! thousand, slow and idle peers, one caller taking everyone's share. Loopback only; every
+//! flood is bounded in count and time.
+//!
+//! The tests here measure memory, latency and timing, so they take turns ([`serial`]) rather
+//! than disturb each other's numbers.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -9,6 +13,12 @@ use e2e::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+/// Held for a whole test: one test of this file at a time.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
 
 /// The start of a TLS ClientHello record that never gets its body: a handshake that will
 /// never finish.
@@ -61,6 +71,7 @@ async fn echo(send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unfinished_handshakes_does_not_lock_out_authenticated_callers() {
+    let _turn = serial().await;
     let fx = Fixture::new();
     let backend = backend().await;
     // The main budget is small enough that the flood alone would fill it many times over
@@ -116,6 +127,7 @@ async fn a_flood_of_unfinished_handshakes_does_not_lock_out_authenticated_caller
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_port_answers_through_a_flood_of_silent_connections() {
+    let _turn = serial().await;
     let fx = Fixture::new();
     let gw = Gateway::start(&fx, &["--handshake-timeout", "60s"]);
     // More silent connections than the probe port's whole budget (128), all held open.
@@ -140,6 +152,7 @@ async fn the_probe_port_answers_through_a_flood_of_silent_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_are_logged_with_the_name_asked_for_and_thinned() {
+    let _turn = serial().await;
     let fx = Fixture::new();
     let backend = backend().await;
     let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80={backend}")]);
@@ -185,6 +198,7 @@ async fn refused_requests_are_logged_with_the_name_asked_for_and_thinned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_never_answer_add_no_metric_series() {
+    let _turn = serial().await;
     let fx = Fixture::new();
     let backend = backend().await;
     // web-svc resolves (a fixed host entry stands in for cluster DNS); only one port of it
@@ -249,6 +263,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
+    let _turn = serial().await;
     let fx = Fixture::new();
     let backend = backend().await;
     let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80={backend}")]);
@@ -376,6 +391,7 @@ async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_readers_that_stop_reading_are_closed_per_kind() {
+    let _turn = serial().await;
     use tokio::io::AsyncReadExt;
     let fx = Fixture::new();
     let backend = backend().await;
@@ -507,4 +523,159 @@ async fn idle_connections_and_readers_that_stop_reading_are_closed_per_kind() {
     assert!(closed(&m, "idle", "http") >= 2, "{m}");
     assert_eq!(closed(&m, "idle", "opaque"), 1, "{m}");
     assert!(gw.log_text().contains("the caller stopped reading"));
+}
+
+/// A backend that serves at most 16 requests at once, 20 ms each: the shared capacity a
+/// flooding caller would take from everyone else.
+async fn narrow_backend() -> std::net::SocketAddr {
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let slots = Arc::new(tokio::sync::Semaphore::new(16));
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let slots = slots.clone();
+                    async move {
+                        let _slot = slots.acquire().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok\n"),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The median latency of `n` sequential requests on `send`.
+async fn median_latency(
+    send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    n: usize,
+) -> Duration {
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        assert_eq!(echo(send).await, StatusCode::OK);
+        lat.push(started.elapsed());
+    }
+    lat.sort();
+    lat[n / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_caller_is_throttled_and_others_keep_their_latency() {
+    let _turn = serial().await;
+    let fx = Fixture::new();
+    let backend = narrow_backend().await;
+    const FLOOD_ID: &str = "flood.other.serviceaccount.identity.linkerd.cluster.local";
+    fx.caller("flood", FLOOD_ID);
+    let gw = Gateway::start(
+        &fx,
+        &[
+            "--route",
+            &format!("{WEB_SVC}:80={backend}"),
+            "--caller-max-concurrent-requests",
+            "6",
+            "--caller-max-connections",
+            "4",
+        ],
+    );
+    let mut victim = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let unloaded = median_latency(&mut victim, 15).await;
+
+    // The flood: 64 requests kept open at once on one connection, for 3 s. A refused
+    // request is sent again after 2 ms, as a client that honours 429 a little.
+    let flood_tls = client_tls(&fx, "flood", &[b"h2"]);
+    let flooder = h2_sender(gw.listen, flood_tls.clone()).await.unwrap();
+    let stop = std::time::Instant::now() + Duration::from_secs(3);
+    let mut loops = Vec::new();
+    for _ in 0..64 {
+        let mut send = flooder.clone();
+        loops.push(tokio::spawn(async move {
+            let (mut ok, mut limited) = (0u32, 0u32);
+            while std::time::Instant::now() < stop {
+                let req = Request::get(format!("http://{WEB_SVC}/"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match send.send_request(req).await {
+                    Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => {
+                        assert_eq!(r.headers()["l5d-proxy-error"], "too many requests");
+                        limited += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Ok(r) => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            (ok, limited)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded = median_latency(&mut victim, 30).await;
+    let (mut ok, mut limited) = (0, 0);
+    for l in loops {
+        let (o, r) = l.await.unwrap();
+        ok += o;
+        limited += r;
+    }
+    eprintln!("victim median: {unloaded:?} unloaded, {loaded:?} under the flood; flooder: {ok} served, {limited} refused");
+    assert!(limited > 0 && ok > 0, "{ok} served, {limited} refused");
+    assert!(
+        loaded <= unloaded * 2,
+        "the victim's median went from {unloaded:?} to {loaded:?}"
+    );
+    // Its connections are capped too: 4 are served, a fifth is refused after its handshake.
+    let mut extra = Vec::new();
+    for _ in 0..3 {
+        extra.push(h2_sender(gw.listen, flood_tls.clone()).await.unwrap());
+    }
+    for s in &mut extra {
+        assert_eq!(echo(s).await, StatusCode::OK);
+    }
+    let fifth_served = match h2_sender(gw.listen, flood_tls.clone()).await {
+        Err(_) => false,
+        Ok(mut s) => {
+            let req = Request::get(format!("http://{WEB_SVC}/"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            s.send_request(req).await.is_ok()
+        }
+    };
+    assert!(!fifth_served, "a fifth connection of one caller was served");
+    let m = gw.metrics();
+    let limited_metric = |limit: &str| {
+        metric(
+            &m,
+            "gateway_caller_limited_total",
+            &[("client_id", FLOOD_ID), ("limit", limit)],
+        )
+    };
+    assert_eq!(limited_metric("concurrent_requests"), limited as u64, "{m}");
+    assert_eq!(limited_metric("connections"), 1, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_caller_limited_total",
+            &[("client_id", VOTE_BOT_ID)]
+        ),
+        0
+    );
 }

@@ -21,7 +21,7 @@ use super::session::HttpVersion;
 use crate::{
     admission,
     authority::Authority,
-    context::{ConnCtx, Gateway},
+    context::{ConnCtx, Gateway, Held},
     drain::HttpServed,
     errors::ProxyError,
     headers::{
@@ -322,6 +322,12 @@ async fn proxy(
     open: OpenRequest,
 ) -> Result<Response<Body>, ProxyError> {
     let ctx = &conn.ctx;
+    // The caller's budget first: a caller over it costs the gateway as little as possible.
+    let quota = ctx.quota.request().map_err(|e| {
+        metrics::caller_limited(ctx.client_id.as_str(), e.label());
+        ProxyError::from(e)
+    })?;
+    let held = Held::new(open, quota);
     let target = match admit(gw, conn, &mut req).await {
         Ok(Some(target)) => target,
         Ok(None) => return Ok(Response::new(Either::Right(Full::new(Bytes::new())))),
@@ -409,7 +415,7 @@ async fn proxy(
             let peer = ctx.peer;
             let drain = gw.drain.clone();
             // From here the tunnel is a byte stream, watched as one.
-            drop(open);
+            drop(held);
             let activity = ctx.activity.clone();
             let t = gw.timeouts;
             gw.drain.spawn(async move {
@@ -455,7 +461,7 @@ async fn proxy(
         };
         resp.headers_mut().insert(L5D_ORIG_PROTO, marker);
     }
-    resp.body_mut().hold(open);
+    resp.body_mut().hold(held);
     Ok(resp.map(Either::Left))
 }
 

@@ -20,7 +20,7 @@ pub use self::http::{HttpLimits, HttpServers};
 use self::session::Session;
 use crate::{
     context::{ConnCtx, Gateway},
-    errors::{ConnError, ConnErrorFamily},
+    errors::{ConnError, ConnErrorFamily, ProxyError},
     io::CountingIo,
     listener::{Accepted, ConnPermit},
     log_limit,
@@ -109,6 +109,10 @@ impl Inbound {
         };
         *caller = Some(client_id.clone());
         permit.admit()?;
+        let quota = gw.quotas.connect(&client_id).map_err(|e| {
+            metrics::caller_limited(client_id.as_str(), e.label());
+            ProxyError::from(e)
+        })?;
         let (io, session) = stream.get_mut();
         let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
         let conn_metrics = ConnMetrics::accepted(client_id.as_str(), local);
@@ -116,7 +120,7 @@ impl Inbound {
             conn_metrics.read_bytes.clone(),
             conn_metrics.write_bytes.clone(),
         );
-        let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics, activity);
+        let ctx = ConnCtx::new(gw, peer, client_id, conn_metrics, activity, quota);
         if let Err(e) = ctx.admitted {
             if log_limit::allow("caller", e.reason()) {
                 tracing::warn!(%peer, client_id = %ctx.client_id, reason = e.reason(), "caller refused; its requests get {}", e.status());

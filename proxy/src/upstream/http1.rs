@@ -246,7 +246,7 @@ pub struct UpstreamBody {
     ended: bool,
     /// The caller's request stays open (for its connection's idle watchdog) until this body
     /// has been sent or dropped.
-    open: Option<crate::watchdog::OpenRequest>,
+    held: Option<crate::context::Held>,
 }
 
 impl UpstreamBody {
@@ -255,7 +255,7 @@ impl UpstreamBody {
             inner,
             lease: None,
             ended: false,
-            open: None,
+            held: None,
         }
     }
 
@@ -264,13 +264,14 @@ impl UpstreamBody {
             inner,
             lease: Some(lease),
             ended: false,
-            open: None,
+            held: None,
         }
     }
 
-    /// Keeps the caller's request open while this body is being sent.
-    pub fn hold(&mut self, open: crate::watchdog::OpenRequest) {
-        self.open = Some(open);
+    /// Keeps the caller's request open (and its place in the caller's budget) while this
+    /// body is being sent.
+    pub fn hold(&mut self, held: crate::context::Held) {
+        self.held = Some(held);
     }
 }
 
