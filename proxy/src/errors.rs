@@ -142,6 +142,18 @@ impl ProxyError {
         }
     }
 
+    /// Whether the endpoint (not the request) failed: it could not be connected to, refused
+    /// the gateway's TLS, or dropped the request. Such endpoints are passed over for a while.
+    pub fn is_endpoint_failure(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect
+                | ProxyError::ConnectTimeout
+                | ProxyError::UpstreamTls
+                | ProxyError::Upstream
+        )
+    }
+
     /// Whether the caller's connection should be closed after this response (the loop case:
     /// a misrouted peer would only loop again).
     pub fn closes_connection(&self) -> bool {

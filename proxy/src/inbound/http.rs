@@ -30,9 +30,9 @@ use crate::{
         L5D_PROXY_ERROR,
     },
     log_limit, message, metrics,
-    routing::{Protocol, Target},
+    routing::{Endpoint, Protocol, Target},
     splice::{splice, Spliced},
-    upstream::UpstreamBody,
+    upstream::{SendError, UpstreamBody},
     watchdog::{watch, Idle, OpenRequest, Verdict},
 };
 
@@ -396,15 +396,39 @@ async fn proxy(
             .map_err(|_| ProxyError::BadAuthority)?,
     );
 
-    let req = Request::from_parts(parts, body);
-    // Only the HTTP/1.1 path is awaited in place: the others are boxed to keep every
-    // request's future (copied into a task per HTTP/2 stream) small.
-    let mut resp = match wire {
-        Wire::Http2 | Wire::Http1OverHttp2(_) => {
-            Box::pin(gw.upstreams.send_http2(endpoint, req)).await?
+    let mut req = Request::from_parts(parts, body);
+    let mut inflight = inflight;
+    let mut retried = false;
+    let mut resp = loop {
+        match send(gw, wire, upgrading, inflight.endpoint(), req).await {
+            Ok(resp) => {
+                inflight.endpoint().succeeded();
+                break resp;
+            }
+            Err(SendError { error, unsent }) => {
+                let endpoint = inflight.endpoint();
+                if error.is_endpoint_failure() {
+                    endpoint.failed();
+                }
+                // A request that never left may go to another endpoint, once, if that one
+                // takes it on the same wire.
+                let next = match unsent {
+                    Some(back) if !retried => target
+                        .pick_other(endpoint)
+                        .filter(|o| o.endpoint().meta.http2 == endpoint.meta.http2)
+                        .map(|o| (o, back)),
+                    _ => None,
+                };
+                let Some((other, back)) = next else {
+                    return Err(error);
+                };
+                tracing::debug!(failed = %endpoint.addr, next = %other.endpoint().addr, reason = error.reason(), "request sent to another endpoint");
+                retried = true;
+                *upstream = Some(other.endpoint().addr);
+                inflight = other;
+                req = back;
+            }
         }
-        Wire::Http1(_) if upgrading => Box::pin(gw.upstreams.send_upgrade(endpoint, req)).await?,
-        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req).await?,
     };
     drop(inflight);
     target.prove();
@@ -463,6 +487,26 @@ async fn proxy(
     }
     resp.body_mut().hold(held);
     Ok(resp.map(Either::Left))
+}
+
+/// One attempt at `endpoint`. Only the HTTP/1.1 path is awaited in place: the others are
+/// boxed to keep every request's future (copied into a task per HTTP/2 stream) small.
+async fn send(
+    gw: &Gateway,
+    wire: Wire,
+    upgrading: bool,
+    endpoint: &Arc<Endpoint>,
+    req: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, SendError> {
+    match wire {
+        Wire::Http2 | Wire::Http1OverHttp2(_) => {
+            Box::pin(gw.upstreams.send_http2(endpoint, req)).await
+        }
+        Wire::Http1(_) if upgrading => Box::pin(gw.upstreams.send_upgrade(endpoint, req))
+            .await
+            .map_err(SendError::from),
+        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req).await,
+    }
 }
 
 /// How a request travels to the endpoint it was given.

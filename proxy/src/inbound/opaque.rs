@@ -24,11 +24,32 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let inflight = target.pick().await?;
+    let mut inflight = target.pick().await?;
+    let mut retried = false;
+    // A failed connect sent nothing: one more try on another endpoint.
+    let mut upstream = loop {
+        let endpoint = inflight.endpoint();
+        match gw.upstreams.connect_opaque(endpoint).await {
+            Ok(io) => {
+                endpoint.succeeded();
+                break io;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, addr = %endpoint.addr, error = %e, "opaque upstream connect failed");
+                if e.is_endpoint_failure() {
+                    endpoint.failed();
+                }
+                match target.pick_other(endpoint).filter(|_| !retried) {
+                    Some(other) => {
+                        retried = true;
+                        inflight = other;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+        }
+    };
     let addr = inflight.endpoint().addr;
-    let mut upstream = gw.upstreams.connect_opaque(inflight.endpoint()).await.inspect_err(|e| {
-        tracing::debug!(peer = %conn.peer, client_id = %conn.client_id, target = %target.name, %addr, error = %e, "opaque upstream connect failed");
-    })?;
     target.prove();
     let started = Instant::now();
     // With a policy, a stream it stops authorizing is closed, as Linkerd's proxy does; and a

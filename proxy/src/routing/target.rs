@@ -6,10 +6,10 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, RwLock,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, OnceLock, RwLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use identity::Identity;
@@ -40,6 +40,27 @@ pub struct Endpoint {
     /// The connections kept open to this address.
     pub pool: Arc<crate::upstream::EndpointPool>,
     outstanding: AtomicUsize,
+    health: Health,
+}
+
+/// Failure accrual: an endpoint that cannot be connected to (or drops requests) is passed
+/// over by the balancer for a while, doubling from [`EJECT_MIN`] to [`EJECT_MAX`] while the
+/// failures go on; once the time is up, the next request picked for it is the probe.
+#[derive(Debug, Default)]
+struct Health {
+    /// Failures in a row.
+    failures: AtomicU32,
+    /// Until when it is passed over ([`clock_ms`]); 0: it is healthy.
+    ejected_until: AtomicU64,
+}
+
+const EJECT_MIN: Duration = Duration::from_millis(500);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the first call, plus one (so 0 can mean "never").
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Endpoint {
@@ -49,6 +70,37 @@ impl Endpoint {
             meta,
             pool: Arc::default(),
             outstanding: AtomicUsize::new(0),
+            health: Health::default(),
+        }
+    }
+
+    /// The endpoint failed a request (no connection, or the connection dropped): pass it
+    /// over for a while.
+    pub fn failed(&self) {
+        let n = self.health.failures.fetch_add(1, Ordering::Relaxed);
+        let backoff = EJECT_MIN.saturating_mul(1 << n.min(16)).min(EJECT_MAX);
+        self.health
+            .ejected_until
+            .store(clock_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        if n == 0 {
+            tracing::info!(addr = %self.addr, ?backoff, "endpoint failing; passed over until it answers again");
+        }
+    }
+
+    /// The endpoint answered: healthy again. Costs a load when it already was.
+    pub fn succeeded(&self) {
+        if self.health.failures.load(Ordering::Relaxed) != 0 {
+            self.health.failures.store(0, Ordering::Relaxed);
+            self.health.ejected_until.store(0, Ordering::Relaxed);
+            tracing::info!(addr = %self.addr, "endpoint answering again");
+        }
+    }
+
+    /// Whether the balancer may choose it now (reads the clock only while it is ejected).
+    fn available(&self) -> bool {
+        match self.health.ejected_until.load(Ordering::Relaxed) {
+            0 => true,
+            until => clock_ms() >= until,
         }
     }
 
@@ -326,9 +378,43 @@ impl Target {
                 }
             },
         };
+        // An ejected choice gives way to the next available endpoint; when none is, it is
+        // used anyway (a lone endpoint is always tried, so it is used again as soon as it
+        // answers).
+        let i = if endpoints[i].available() {
+            i
+        } else {
+            (1..n)
+                .map(|k| (i + k) % n)
+                .find(|&k| endpoints[k].available())
+                .unwrap_or(i)
+        };
         let endpoint = endpoints[i].clone();
         endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
         Ok(InFlight(endpoint))
+    }
+
+    /// An endpoint other than `failed`, for a request that never reached it: the least
+    /// loaded available one, else any other. `None` when there is no other.
+    pub fn pick_other(&self, failed: &Endpoint) -> Option<InFlight> {
+        let endpoints = self.endpoints();
+        let others = || {
+            endpoints
+                .iter()
+                .filter(|e| !std::ptr::eq(e.as_ref(), failed))
+        };
+        let best = |avail: bool| {
+            others().filter(|e| !avail || e.available()).reduce(|a, b| {
+                if b.lighter_than(a) {
+                    b
+                } else {
+                    a
+                }
+            })
+        };
+        let endpoint = best(true).or_else(|| best(false))?.clone();
+        endpoint.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(endpoint))
     }
 }
 
@@ -382,6 +468,40 @@ mod tests {
         assert_eq!(light + heavy, 40);
         assert!((9..=11).contains(&light), "{light}:{heavy}");
         drop(held);
+    }
+
+    #[test]
+    fn failing_endpoints_are_passed_over_until_their_time_is_up_and_a_lone_one_always_tried() {
+        let name = Authority::parse("web-svc.emojivoto.svc.cluster.local:80").unwrap();
+        let t = Target::new(
+            name.clone(),
+            Protocol::Http1,
+            &[addr(1), addr(2)],
+            Balancer::P2c,
+        )
+        .unwrap();
+        let eps = t.endpoints();
+        eps[0].failed();
+        for _ in 0..50 {
+            assert_eq!(t.try_pick().unwrap().endpoint().addr, addr(2));
+        }
+        // The other one for a request that never reached the first.
+        assert_eq!(t.pick_other(&eps[0]).unwrap().endpoint().addr, addr(2));
+        assert_eq!(t.pick_other(&eps[1]).unwrap().endpoint().addr, addr(1));
+        // Both failing: used anyway.
+        eps[1].failed();
+        assert!(t.try_pick().is_ok());
+        // Healthy again on success.
+        eps[0].succeeded();
+        eps[1].succeeded();
+        let picks: std::collections::HashSet<_> = (0..50)
+            .map(|_| t.try_pick().unwrap().endpoint().addr)
+            .collect();
+        assert_eq!(picks.len(), 2);
+        let lone = Target::new(name, Protocol::Http1, &[addr(3)], Balancer::P2c).unwrap();
+        lone.endpoints()[0].failed();
+        assert_eq!(lone.try_pick().unwrap().endpoint().addr, addr(3));
+        assert!(lone.pick_other(&lone.endpoints()[0]).is_none());
     }
 
     #[tokio::test(start_paused = true)]

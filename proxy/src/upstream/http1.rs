@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{dial::Alpn, dial::UpstreamIo, Shared};
+use super::{dial::Alpn, dial::UpstreamIo, SendError, Shared};
 use crate::{errors::ProxyError, routing::Endpoint};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -37,7 +37,7 @@ pub(super) async fn send(
     shared: &Arc<Shared>,
     endpoint: &Arc<Endpoint>,
     req: Request<Incoming>,
-) -> Result<Response<UpstreamBody>, ProxyError> {
+) -> Result<Response<UpstreamBody>, SendError> {
     let (pool, addr) = (&endpoint.pool, endpoint.addr);
     let mut req = req;
     let mut stale = 0;
@@ -52,7 +52,16 @@ pub(super) async fn send(
             Some(c) => c,
             // Boxed: connecting is the cold path, and its future would otherwise enlarge
             // every request's future, which HTTP/2 callers' streams copy into a task each.
-            None => Box::pin(connect(shared, endpoint)).await?,
+            None => match Box::pin(connect(shared, endpoint)).await {
+                Ok(c) => c,
+                // Nothing was sent: the request may go to another endpoint.
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    })
+                }
+            },
         };
         let sent = conn.tx.try_send_request(req);
         match drive(&mut conn, sent).await {
@@ -72,9 +81,12 @@ pub(super) async fn send(
                     req = back;
                     stale += 1;
                 }
-                _ => {
+                unsent => {
                     tracing::debug!(%addr, error = %e.error(), "upstream request failed");
-                    return Err(ProxyError::Upstream);
+                    return Err(SendError {
+                        error: ProxyError::Upstream,
+                        unsent,
+                    });
                 }
             },
         }

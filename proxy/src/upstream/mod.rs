@@ -94,6 +94,24 @@ impl EndpointPool {
     }
 }
 
+/// Why a request did not get response headers from an endpoint, and the request itself when
+/// it never left (the connection could not be made, or closed before it was written), so it
+/// can go to another endpoint.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    pub unsent: Option<Request<Incoming>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 /// Most bytes one upstream HTTP/1.1 connection buffers (read and write each): a response
 /// whose caller reads slowly waits here and in the kernel, not in a buffer that grows. hyper's
 /// default lets the read buffer grow to 400 KB, which slow callers turned into ~0.8 MB per
@@ -163,18 +181,29 @@ impl Upstreams {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let shared = &self.shared;
         let attempt = async {
-            let mut sender = endpoint.pool.http2.sender(shared, endpoint).await?;
+            let mut sender = match endpoint.pool.http2.sender(shared, endpoint).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        unsent: Some(req),
+                    })
+                }
+            };
             endpoint.pool.register(shared);
-            sender.send_request(req).await.map_err(|e| {
-                tracing::debug!(addr = %endpoint.addr, error = %e, "upstream HTTP/2 request failed");
-                ProxyError::Upstream
+            sender.try_send_request(req).await.map_err(|mut e| {
+                tracing::debug!(addr = %endpoint.addr, error = %e.error(), "upstream HTTP/2 request failed");
+                SendError {
+                    error: ProxyError::Upstream,
+                    unsent: e.take_message(),
+                }
             })
         };
         match tokio::time::timeout(shared.cfg.response_timeout, attempt).await {
-            Err(_) => Err(ProxyError::ResponseTimeout),
+            Err(_) => Err(ProxyError::ResponseTimeout.into()),
             Ok(r) => r.map(|resp| resp.map(UpstreamBody::unpooled)),
         }
     }
@@ -185,10 +214,10 @@ impl Upstreams {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let attempt = http1::send(&self.shared, endpoint, req);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
-            Err(_) => Err(ProxyError::ResponseTimeout),
+            Err(_) => Err(ProxyError::ResponseTimeout.into()),
             Ok(r) => r,
         }
     }
@@ -296,7 +325,7 @@ mod tests {
                             };
                             match resp {
                                 Ok(r) => Ok(r.map(|b| b.boxed())),
-                                Err(e) => Err(e),
+                                Err(e) => Err(e.error),
                             }
                         }
                     });
