@@ -18,6 +18,7 @@ use identity::{Identity, LeafOptions, Pki, Validity};
 use tokio::net::TcpListener;
 
 pub use control_plane as control;
+pub mod load;
 pub mod mesh;
 
 pub const GATEWAY_ID: &str =
@@ -156,6 +157,16 @@ impl Gateway {
     pub fn launch(fx: &Fixture, args: &[std::ffi::OsString]) -> Self {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::launch_at(fx, listen, admin, args)
+    }
+
+    /// [`Gateway::launch`] on given ports (a restart keeps its ports).
+    pub fn launch_at(
+        fx: &Fixture,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        args: &[std::ffi::OsString],
+    ) -> Self {
         let mut cmd = Command::new(gateway_bin());
         cmd.args([
             "--listen",

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod doks;
+mod faults;
 mod test;
 
 use std::{
@@ -24,6 +25,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The fault suite at full length (release): rotation, SIGTERM, endpoints dying and
+    /// returning, SIGKILL, each under open-loop load; prints the numbers.
+    Faults,
+    /// The soak: steady mixed load for a while, memory, descriptors and latency per minute;
+    /// records benches/results/soak.md.
+    Soak {
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Requests per second per protocol (HTTP/1.1 and HTTP/2).
+        #[arg(long, default_value_t = 250)]
+        rate: u32,
+        #[arg(long, default_value = "benches/results/soak.md")]
+        out: PathBuf,
+    },
     /// Stand up the two-region demo: vote-bot in west calls web-svc in east through the gateway.
     Demo {
         /// How long traffic runs, e.g. 30 or 30s or 2m (a bare number is seconds) [default:
@@ -318,6 +334,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Image { tag, push } => image(&tag, push),
+        Cmd::Faults => faults::faults(),
+        Cmd::Soak { secs, rate, out } => faults::soak(secs, rate, &out),
         Cmd::Bench {
             duration,
             warmup,

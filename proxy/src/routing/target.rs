@@ -77,6 +77,12 @@ impl Endpoint {
     /// The endpoint failed a request (no connection, or the connection dropped): pass it
     /// over for a while.
     pub fn failed(&self) {
+        // Failures of requests already under way when it was ejected (those in flight as it
+        // died) say nothing new: only a failure while it was available (the first, or a
+        // probe) lengthens the ejection.
+        if !self.available() {
+            return;
+        }
         let n = self.health.failures.fetch_add(1, Ordering::Relaxed);
         let backoff = EJECT_MIN.saturating_mul(1 << n.min(16)).min(EJECT_MAX);
         self.health
