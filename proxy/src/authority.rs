@@ -42,10 +42,17 @@ impl Authority {
                 None => (raw, None),
             };
             let host = host.strip_suffix('.').unwrap_or(host);
+            // At most 253 characters (DNS; and so the normalised `host:port` stays under the
+            // 300-byte bound above, which fuzzing found it could exceed), in labels of 1 to
+            // 63 name characters: no empty label (`a..b`, a leading dot, or a
+            // second trailing dot), found by fuzzing to break normalisation (`x..` became
+            // `x.`, which normalised again to `x`).
             if host.is_empty()
+                || host.len() > 253
                 || !host
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+                || host.split('.').any(|l| l.is_empty() || l.len() > 63)
             {
                 return Err(ProxyError::BadAuthority);
             }
@@ -198,6 +205,12 @@ mod tests {
             "[zz]:1",
             "a/b",
             "a:80:90",
+            // Empty labels (found by the authority fuzz target).
+            "..........",
+            "a..b",
+            ".a",
+            "a..",
+            &"a".repeat(254),
         ] {
             assert!(Authority::parse(raw).is_err(), "{raw:?}");
         }

@@ -456,6 +456,16 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        Self::resolve(cli, file)
+    }
+
+    /// The configuration a config file's text gives with no flags (what the config fuzz
+    /// target drives; environment variables still apply).
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Self::resolve(Cli::default(), toml::from_str(text)?)
+    }
+
+    fn resolve(cli: Cli, file: FileConfig) -> anyhow::Result<Self> {
         let required = |flag: &str, cli: Option<PathBuf>, file: Option<PathBuf>| {
             cli.or(file).with_context(|| {
                 format!(

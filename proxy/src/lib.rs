@@ -23,6 +23,8 @@ mod context;
 mod discovery;
 mod drain;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod inbound;
 mod io;

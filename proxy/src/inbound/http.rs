@@ -63,7 +63,7 @@ impl HttpServers {
         }
     }
 
-    fn get(&self, version: HttpVersion) -> &auto::Builder<TokioExecutor> {
+    pub(crate) fn get(&self, version: HttpVersion) -> &auto::Builder<TokioExecutor> {
         match version {
             HttpVersion::Http1 => &self.h1,
             HttpVersion::Http2 => &self.h2,

@@ -17,6 +17,7 @@ use tokio::{
 };
 
 pub use self::http::{HttpLimits, HttpServers};
+pub(crate) use self::session::HttpVersion;
 use self::session::Session;
 use crate::{
     context::{ConnCtx, Gateway},

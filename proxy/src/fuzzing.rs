@@ -1,0 +1,86 @@
+//! Entry points for the cargo-fuzz targets in `proxy/fuzz/`: the parsers and header rules a
+//! caller's bytes reach, and the gateway's HTTP servers driven in memory, without starting a
+//! gateway. Not an API: hidden from the docs, kept only for the fuzzers.
+
+use std::{convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    headers,
+    inbound::{HttpLimits, HttpServers, HttpVersion},
+    message,
+};
+
+/// `l5d-orig-proto`'s value as the gateway reads it.
+pub fn orig_proto(value: &[u8]) -> Option<Version> {
+    HeaderValue::from_bytes(value)
+        .ok()
+        .and_then(|v| headers::parse_orig_proto(&v))
+}
+
+/// Whether `Forwarded` field values say `own` forwarded the request already.
+pub fn forwarded_by(values: &[&[u8]], own: &str) -> bool {
+    let Ok(own) = identity::Identity::parse(own) else {
+        return false;
+    };
+    let mut map = HeaderMap::new();
+    for v in values {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            map.append(headers::FORWARDED, v);
+        }
+    }
+    headers::forwarded_by(&map, &own)
+}
+
+/// The request rules and rewrites one request goes through before routing: the message
+/// checks, the authority it names, hop-by-hop stripping and the target forms. Returns the
+/// status the gateway would answer with itself, if any.
+pub fn request<B>(req: &mut Request<B>) -> Option<StatusCode> {
+    if let Err(e) = message::check(req) {
+        return Some(e.status());
+    }
+    let authority = match headers::request_authority(req) {
+        Ok(a) => a,
+        Err(e) => return Some(e.status()),
+    };
+    let upgrading = headers::is_upgrade(req);
+    headers::strip_hop_by_hop(req.headers_mut(), upgrading);
+    let _ = headers::origin_form(req.uri());
+    if let Ok(a) = authority.as_str().parse() {
+        let _ = headers::retarget(req.uri(), a);
+    }
+    None
+}
+
+/// Serves one connection on `io` with the gateway's caller-facing HTTP server (its limits and
+/// settings), each request going through [`request`] and answered locally.
+pub async fn serve<IO>(io: IO, http2: bool)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let servers = HttpServers::new(&HttpLimits {
+        header_read_timeout: Duration::from_secs(1),
+        max_header_bytes: 64 * 1024,
+        max_concurrent_streams: 100,
+    });
+    let version = if http2 {
+        HttpVersion::Http2
+    } else {
+        HttpVersion::Http1
+    };
+    let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+        let status = request(&mut req).unwrap_or(StatusCode::OK);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *resp.status_mut() = status;
+        Ok::<_, Infallible>(resp)
+    });
+    let _ = servers
+        .get(version)
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await;
+}
