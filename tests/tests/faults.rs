@@ -331,3 +331,72 @@ async fn a_sigkilled_gateway_is_ready_within_a_second_of_its_restart() {
     );
     assert!(ready_after < Duration::from_secs(1), "{ready_after:?}");
 }
+
+/// A backend whose connections answer their first request and drop their second unanswered,
+/// as a server whose keep-alive timeout fires just as a request arrives.
+async fn closes_on_second_request() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut requests = 0;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    requests += 1;
+                    if requests > 1 {
+                        return;
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_on_a_connection_closed_as_it_arrived_is_sent_once_more() {
+    let _turn = serial().await;
+    let fx = Fixture::new();
+    let backend = closes_on_second_request().await;
+    let gw = gateway(&fx, &[backend], &[]);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let mut call = |method: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{WEB_SVC}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let fut = send.send_request(req);
+        async move { fut.await.unwrap().status() }
+    };
+    assert_eq!(call("GET").await, StatusCode::OK);
+    // Idle long enough for a server's keep-alive timeout to be the likely closer.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        call("GET").await,
+        StatusCode::OK,
+        "the GET was not sent again"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A POST may have had its effect: it is not sent twice.
+    assert_eq!(call("POST").await, StatusCode::BAD_GATEWAY);
+}

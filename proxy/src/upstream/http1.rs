@@ -20,6 +20,7 @@ use crate::{errors::ProxyError, routing::Endpoint};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
 use hyper::{
     body::Incoming,
     client::conn::{http1, TrySendError},
@@ -39,8 +40,9 @@ pub(super) async fn send(
     req: Request<Incoming>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let (pool, addr) = (&endpoint.pool, endpoint.addr);
-    let mut req = req;
+    let mut req: Request<ReqBody> = req.map(Either::Left);
     let mut stale = 0;
+    let mut replayed = false;
     loop {
         let pooled = if stale < MAX_STALE_RETRIES {
             pool.http1.checkout(shared.cfg.idle_timeout)
@@ -48,21 +50,26 @@ pub(super) async fn send(
             None
         };
         let reused = pooled.is_some();
-        let mut conn = match pooled {
+        let (mut conn, idle) = match pooled {
             Some(c) => c,
             // Boxed: connecting is the cold path, and its future would otherwise enlarge
             // every request's future, which HTTP/2 callers' streams copy into a task each.
             None => match Box::pin(connect(shared, endpoint)).await {
-                Ok(c) => c,
+                Ok(c) => (c, Duration::ZERO),
                 // Nothing was sent: the request may go to another endpoint.
                 Err(error) => {
                     return Err(SendError {
                         error,
-                        unsent: Some(req),
+                        unsent: incoming(req),
                     })
                 }
             },
         };
+        // A connection idle for a while may be closed by the server just as the request is
+        // written to it; an idempotent request without a body is then sent once more, so
+        // its head is kept, for those requests only (a busy pool pays nothing).
+        let replay = (!replayed && reused && idle >= REPLAY_AFTER_IDLE && replayable(&req))
+            .then(|| head(&req));
         let sent = conn.tx.try_send_request(req);
         match drive(&mut conn, sent).await {
             Ok(resp) => {
@@ -73,24 +80,69 @@ pub(super) async fn send(
                 };
                 return Ok(resp.map(|b| UpstreamBody::pooled(b, lease)));
             }
-            Err(mut e) => match e.take_message() {
+            Err(mut e) => match (e.take_message(), replay) {
                 // The server closed an idle connection as we picked it: the request never
                 // left, so it is safe to send on another.
-                Some(back) if reused => {
+                (Some(back), _) if reused => {
                     tracing::debug!(%addr, error = %e.error(), "pooled connection was closed; retrying");
                     req = back;
                     stale += 1;
                 }
-                unsent => {
+                // It left, and the connection closed before an answer: an idempotent request
+                // goes once more, on another connection.
+                (None, Some(parts)) => {
+                    tracing::debug!(%addr, error = %e.error(), "idle connection closed under an idempotent request; sending it once more");
+                    req = Request::from_parts(parts, Either::Right(Empty::new()));
+                    replayed = true;
+                    stale += 1;
+                }
+                (unsent, _) => {
                     tracing::debug!(%addr, error = %e.error(), "upstream request failed");
                     return Err(SendError {
                         error: ProxyError::Upstream,
-                        unsent,
+                        unsent: unsent.and_then(incoming),
                     });
                 }
             },
         }
     }
+}
+
+/// What an upstream HTTP/1.1 request carries: the caller's body, or nothing (a replay).
+type ReqBody = Either<Incoming, Empty<Bytes>>;
+
+/// How long a pooled connection must have been idle before a request on it keeps its head
+/// for a replay: a server's keep-alive timeout closes idle connections, not busy ones.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// The caller's request again, for another endpoint (a replay has no caller body to give).
+fn incoming(req: Request<ReqBody>) -> Option<Request<Incoming>> {
+    let (parts, body) = req.into_parts();
+    match body {
+        Either::Left(body) => Some(Request::from_parts(parts, body)),
+        Either::Right(_) => None,
+    }
+}
+
+/// Idempotent (RFC 9110 §9.2.2) and without a body.
+fn replayable(req: &Request<ReqBody>) -> bool {
+    use http::Method;
+    let m = req.method();
+    (m == Method::GET
+        || m == Method::HEAD
+        || m == Method::OPTIONS
+        || m == Method::DELETE
+        || m == Method::PUT)
+        && req.body().is_end_stream()
+}
+
+fn head(req: &Request<ReqBody>) -> http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy.into_parts().0
 }
 
 /// An HTTP/1.1 request asking to switch protocols gets a connection of its own, driven by its
@@ -141,13 +193,13 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Box<Conn>, Prox
     }))
 }
 
-type Http1Io = http1::Connection<TokioIo<UpstreamIo>, Incoming>;
-type SendResult = Result<Response<Incoming>, TrySendError<Request<Incoming>>>;
+type Http1Io = http1::Connection<TokioIo<UpstreamIo>, ReqBody>;
+type SendResult = Result<Response<Incoming>, TrySendError<Request<ReqBody>>>;
 
 /// One HTTP/1.1 connection to an endpoint: the request side and the state machine that
 /// moves bytes, which whoever holds the connection polls.
 pub(super) struct Conn {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<ReqBody>,
     io: Http1Io,
     /// Set once `io` has finished (closed or failed); it is never polled again.
     ended: bool,
@@ -203,7 +255,8 @@ struct Idle {
 }
 
 impl Http1Idle {
-    fn checkout(&self, idle_timeout: Duration) -> Option<Box<Conn>> {
+    /// The most recently used live connection, and how long it sat idle.
+    fn checkout(&self, idle_timeout: Duration) -> Option<(Box<Conn>, Duration)> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,7 +270,7 @@ impl Http1Idle {
             };
             let mut conn = candidate.conn;
             if conn.reusable() {
-                return Some(conn);
+                return Some((conn, candidate.since.elapsed()));
             }
         }
     }
