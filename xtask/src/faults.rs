@@ -32,8 +32,9 @@ fn run_e2e(
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix(prefix) {
-            found.push(rest.trim().to_string());
+        // libtest may print `test name ... ` on the same line first.
+        if let Some(at) = line.find(prefix) {
+            found.push(line[at + prefix.len()..].trim().to_string());
         }
     }
     let status = child.wait()?;
