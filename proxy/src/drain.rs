@@ -105,7 +105,7 @@ impl Drain {
     }
 
     /// [`Drain::serve_http`] with a watchdog: an idle connection is closed gracefully (in
-    /// flight nothing, so at once; given [`IDLE_CLOSE_GRACE`] at most), a stalled one dropped.
+    /// flight nothing, so at once; given `IDLE_CLOSE_GRACE` at most), a stalled one dropped.
     pub async fn serve_http_watched<C, T>(
         &self,
         kind: &'static str,

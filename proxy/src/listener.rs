@@ -177,7 +177,7 @@ impl Listener {
     }
 
     /// Connections start in a pending budget of `max_pending`, shed oldest first when it is
-    /// full, and take a main slot only when the server calls [`ConnPermit::admit`]. A server
+    /// full, and take a main slot only when the server calls `ConnPermit::admit`. A server
     /// that never admits keeps every connection sheddable.
     pub fn with_pending(mut self, max_pending: usize) -> Self {
         self.pending = Some(Arc::new(Pending {
