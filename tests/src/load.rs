@@ -25,6 +25,24 @@ pub struct Backend {
     kill: tokio::sync::watch::Sender<bool>,
     in_flight: Arc<AtomicUsize>,
     pub served: Arc<AtomicUsize>,
+    /// Its accept loop and connection tasks still running: dead once 0.
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts a backend task as live until dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(live: &Arc<AtomicUsize>) -> Self {
+        live.fetch_add(1, Ordering::SeqCst);
+        Self(live.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Backend {
@@ -36,7 +54,11 @@ impl Backend {
         let served = Arc::new(AtomicUsize::new(0));
         let (flight, count) = (in_flight.clone(), served.clone());
         let mut on_kill = killed.clone();
+        let live = Arc::new(AtomicUsize::new(0));
+        let accept_live = Live::new(&live);
+        let live_conns = live.clone();
         tokio::spawn(async move {
+            let _live = accept_live;
             loop {
                 let accepted = tokio::select! {
                     a = listener.accept() => a,
@@ -44,7 +66,9 @@ impl Backend {
                 };
                 let Ok((tcp, _)) = accepted else { continue };
                 let (flight, count, mut on_kill) = (flight.clone(), count.clone(), killed.clone());
+                let conn_live = Live::new(&live_conns);
                 tokio::spawn(async move {
+                    let _live = conn_live;
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (flight, count) = (flight.clone(), count.clone());
                         async move {
@@ -78,13 +102,20 @@ impl Backend {
             kill,
             in_flight,
             served,
+            live,
         }
     }
 
-    /// Closes the listener and every connection; returns the requests it was serving.
-    pub fn die(&self) -> usize {
+    /// Closes the listener and every connection, and returns once all are closed (a killed
+    /// process's sockets close at once; here each task closes its own, within milliseconds).
+    /// Returns the requests it was serving.
+    pub async fn die(&self) -> usize {
         let n = self.in_flight.load(Ordering::SeqCst);
         let _ = self.kill.send(true);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         n
     }
 }

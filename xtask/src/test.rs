@@ -88,7 +88,8 @@ fn test_workspace() -> anyhow::Result<(u64, u64)> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["test", "--workspace"])
+        // Every test binary runs even after one fails, so the count is whole.
+        .args(["test", "--workspace", "--no-fail-fast"])
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
