@@ -41,7 +41,7 @@ pub fn forwarded_by(values: &[&[u8]], own: &str) -> bool {
 /// checks, the authority it names, hop-by-hop stripping and the target forms. Returns the
 /// status the gateway would answer with itself, if any.
 pub fn request<B>(req: &mut Request<B>) -> Option<StatusCode> {
-    if let Err(e) = message::check(req) {
+    if let Err(e) = message::check(req, true) {
         return Some(e.status());
     }
     let authority = match headers::request_authority(req) {

@@ -19,7 +19,9 @@ pub enum Next {
 /// A direct HTTP/1.1 request without `Host` (and not in absolute-form) is refused by routing
 /// as `missing authority`; on a transport-header connection, whose header names the target,
 /// it is let through, because Linkerd's proxies strip `Host` for the hop.
-pub fn check<B>(req: &mut Request<B>) -> Result<Next, ProxyError> {
+/// `named_target`: the connection's transport header names the target, so routing will not
+/// read `Host`, and it is validated here instead (elsewhere routing parses it once).
+pub fn check<B>(req: &mut Request<B>, named_target: bool) -> Result<Next, ProxyError> {
     let method = req.method();
     // CONNECT would open a tunnel to whatever the caller names; TRACE would echo back the
     // headers the gateway adds (identities, `Forwarded`). Neither is refused by a library.
@@ -28,7 +30,7 @@ pub fn check<B>(req: &mut Request<B>) -> Result<Next, ProxyError> {
     }
     let options = method == Method::OPTIONS;
     let version = req.version();
-    check_host(req.headers(), version, req.uri().authority())?;
+    check_host(req.headers(), version, req.uri().authority(), named_target)?;
     let headers = req.headers_mut();
     // HTTP/1: hyper refuses what RFC 9112 §6 calls unframeable, and a request with both
     // Transfer-Encoding and Content-Length it frames by the former, drops the latter and
@@ -49,6 +51,7 @@ fn check_host(
     headers: &HeaderMap,
     version: Version,
     uri_authority: Option<&http::uri::Authority>,
+    named_target: bool,
 ) -> Result<(), ProxyError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let Some(host) = hosts.next() else {
@@ -57,10 +60,16 @@ fn check_host(
     if hosts.next().is_some() {
         return Err(ProxyError::DuplicateHost);
     }
+    let h2_authority = uri_authority.filter(|_| version == Version::HTTP_2);
+    // Parsed here only when nothing else will: an origin-form HTTP/1.1 request is routed by
+    // its Host (one parse, there), an absolute-form one ignores it (RFC 9112 §3.2.2).
+    if h2_authority.is_none() && !named_target {
+        return Ok(());
+    }
     let raw = host.to_str().map_err(|_| ProxyError::BadAuthority)?;
     let host = Authority::parse(raw)?;
-    if version == Version::HTTP_2 {
-        if let Some(a) = uri_authority {
+    {
+        if let Some(a) = h2_authority {
             let authority = Authority::parse(a.as_str())?;
             // A port left out means the scheme's default, which is not always 80: compare
             // ports only when both name one.
@@ -127,7 +136,7 @@ mod tests {
 
     #[test]
     fn host_rules() {
-        let h1 = |h: &[(&str, &str)]| check(&mut req("GET", Version::HTTP_11, "/", h));
+        let h1 = |h: &[(&str, &str)]| check(&mut req("GET", Version::HTTP_11, "/", h), true);
         assert_eq!(h1(&[("host", "a.b")]), Ok(Next::Forward));
         assert_eq!(h1(&[]), Ok(Next::Forward));
         assert_eq!(
@@ -136,8 +145,12 @@ mod tests {
         );
         assert_eq!(h1(&[("host", "a b")]), Err(ProxyError::BadAuthority));
         assert_eq!(h1(&[("host", "u@a.b")]), Err(ProxyError::BadAuthority));
-        let h2 =
-            |uri: &str, host: &str| check(&mut req("GET", Version::HTTP_2, uri, &[("host", host)]));
+        let h2 = |uri: &str, host: &str| {
+            check(
+                &mut req("GET", Version::HTTP_2, uri, &[("host", host)]),
+                false,
+            )
+        };
         assert_eq!(h2("https://a.b:80/", "A.b:80"), Ok(Next::Forward));
         assert_eq!(h2("https://a.b/", "a.b:443"), Ok(Next::Forward));
         assert_eq!(
@@ -151,34 +164,30 @@ mod tests {
     fn methods_values_and_max_forwards() {
         for m in ["CONNECT", "TRACE"] {
             assert_eq!(
-                check(&mut req(m, Version::HTTP_11, "/", &[])),
+                check(&mut req(m, Version::HTTP_11, "/", &[]), false),
                 Err(ProxyError::MethodNotSupported)
             );
         }
         assert_eq!(
-            check(&mut req(
-                "GET",
-                Version::HTTP_2,
-                "https://a.b/",
-                &[("x", " v")]
-            )),
+            check(
+                &mut req("GET", Version::HTTP_2, "https://a.b/", &[("x", " v")]),
+                false
+            ),
             Err(ProxyError::BadHeaderValue)
         );
         assert_eq!(
-            check(&mut req(
-                "GET",
-                Version::HTTP_2,
-                "https://a.b/",
-                &[("x", "v w")]
-            )),
+            check(
+                &mut req("GET", Version::HTTP_2, "https://a.b/", &[("x", "v w")]),
+                false
+            ),
             Ok(Next::Forward)
         );
         let mut r = req("OPTIONS", Version::HTTP_11, "/", &[("max-forwards", "2")]);
-        assert_eq!(check(&mut r), Ok(Next::Forward));
+        assert_eq!(check(&mut r, false), Ok(Next::Forward));
         assert_eq!(r.headers()["max-forwards"], "1");
         let mut r = req("OPTIONS", Version::HTTP_11, "/", &[("max-forwards", "0")]);
-        assert_eq!(check(&mut r), Ok(Next::AnswerHere));
+        assert_eq!(check(&mut r, false), Ok(Next::AnswerHere));
         let mut r = req("OPTIONS", Version::HTTP_11, "/", &[("max-forwards", "-1")]);
-        assert_eq!(check(&mut r), Err(ProxyError::BadHeaderValue));
+        assert_eq!(check(&mut r, false), Err(ProxyError::BadHeaderValue));
     }
 }

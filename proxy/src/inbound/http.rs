@@ -33,7 +33,7 @@ use crate::{
     routing::{Endpoint, Protocol, Target},
     splice::{splice, Spliced},
     upstream::{SendError, UpstreamBody},
-    watchdog::{watch, Idle, OpenRequest, Verdict},
+    watchdog::{self, Idle, OpenRequest, Verdict},
 };
 
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
@@ -137,7 +137,7 @@ pub async fn serve<IO>(
         HttpVersion::Http2 => Idle::Requests(t.http2_idle),
         HttpVersion::Http1 | HttpVersion::Detect => Idle::Requests(t.http1_idle),
     };
-    let watch = watch(&conn.ctx.activity, idle, t.write_stall);
+    let watch = watchdog::spawn(conn.ctx.activity.clone(), idle, t.write_stall);
     let (peer, client_id) = (conn.ctx.peer, &conn.ctx.client_id);
     match gw
         .drain
@@ -282,7 +282,7 @@ async fn admit(
     conn: &HttpConn,
     req: &mut Request<Incoming>,
 ) -> Result<Option<Arc<Target>>, ProxyError> {
-    let next = message::check(req)?;
+    let next = message::check(req, conn.target.is_some())?;
     admission::request(gw, conn.ctx.admitted, req.headers())?;
     if next == message::Next::AnswerHere {
         return Ok(None);
@@ -446,9 +446,10 @@ async fn proxy(
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
                         let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let watch =
+                            watchdog::spawn(activity, Idle::Bytes(t.opaque_idle), t.write_stall);
                         let stop = async {
-                            let v = watch(&activity, Idle::Bytes(t.opaque_idle), t.write_stall)
-                                .await;
+                            let v = watch.await;
                             metrics::watchdog_closed(v.reason(), "upgrade");
                             v.reason()
                         };

@@ -10,7 +10,7 @@ use crate::{
     metrics,
     routing::Target,
     splice::{splice, Spliced},
-    watchdog::{watch, Idle},
+    watchdog::{self, Idle},
 };
 
 /// Connects to one of the target's endpoints and joins the caller's stream to it until both
@@ -61,10 +61,15 @@ where
         }
     };
     let t = gw.timeouts;
+    let watch = watchdog::spawn(
+        conn.activity.clone(),
+        Idle::Bytes(t.opaque_idle),
+        t.write_stall,
+    );
     let stop = async {
         tokio::select! {
             _ = revoked => "unauthorized",
-            v = watch(&conn.activity, Idle::Bytes(t.opaque_idle), t.write_stall) => {
+            v = watch => {
                 metrics::watchdog_closed(v.reason(), "opaque");
                 v.reason()
             }
