@@ -46,19 +46,6 @@ async fn flood(addr: std::net::SocketAddr, count: usize, every: Duration, keep: 
     opened
 }
 
-/// The sum of the samples of `name` whose labels include all of `labels`.
-fn metric(m: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    m.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 async fn echo(send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> StatusCode {
     let req = Request::get(format!("http://{WEB_SVC}/echo"))
         .body(Full::new(Bytes::new()))
@@ -249,16 +236,6 @@ async fn names_that_never_answer_add_no_metric_series() {
         "/metrics grew from {before} to {} bytes",
         m.len()
     );
-}
-
-/// The gateway's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
