@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use super::{caller_args, free_port, gateway_args, prepare, spawn, AUTHORITY};
+use super::{caller_args, free_port, gateway_args, prepare, spawn, AUTHORITY, REQUEST_HEADERS};
 
 pub struct CostOptions {
     pub out: PathBuf,
@@ -119,7 +119,8 @@ fn serve(
     let mut load = Command::new(env.bin.join("loadgen"));
     load.arg(format!("https://127.0.0.1:{port}/"))
         .args(["--authority", AUTHORITY, "--quiet", "--threads", "1"])
-        .args(["--warmup", "0s", "-n", &n.to_string(), "--timeout", "60s"]);
+        .args(["--warmup", "0s", "-n", &n.to_string(), "--timeout", "60s"])
+        .args(REQUEST_HEADERS);
     caller_args(&mut load, &env.dir);
     let out = load.args(args).output().context("running loadgen")?;
     let text =

@@ -32,6 +32,28 @@ pub fn json_1k() -> Bytes {
     Bytes::from(s)
 }
 
+/// The response header set nginx sends for a static file (Server, Date, Content-Type,
+/// Content-Length, Last-Modified, Connection, ETag, Accept-Ranges), so that proxies pay per
+/// response for as many headers as they do in front of a real service. hyper adds Date and
+/// Content-Length; `Connection` is HTTP/1's alone.
+fn static_file_response(body: Bytes, h1: bool) -> Response<Full<Bytes>> {
+    use http::HeaderValue;
+    let mut r = Response::new(Full::new(body));
+    let h = r.headers_mut();
+    h.insert("server", HeaderValue::from_static("nginx/1.22.1"));
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert(
+        "last-modified",
+        HeaderValue::from_static("Tue, 01 Dec 2026 09:00:00 GMT"),
+    );
+    if h1 {
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+    }
+    h.insert("etag", HeaderValue::from_static("\"692d5a50-400\""));
+    h.insert("accept-ranges", HeaderValue::from_static("bytes"));
+    r
+}
+
 /// `/` answers the 1 KiB document; `/big` 1 MiB. HTTP/1.1 and h2c.
 pub async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
@@ -48,14 +70,8 @@ pub async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
                 } else {
                     small.clone()
                 };
-                async move {
-                    let mut r = Response::new(Full::new(body));
-                    r.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(r)
-                }
+                let h1 = req.version() < http::Version::HTTP_2;
+                async move { Ok::<_, Infallible>(static_file_response(body, h1)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), svc)
