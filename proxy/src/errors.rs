@@ -78,6 +78,9 @@ pub enum ProxyError {
     Upstream,
     /// mTLS to a meshed endpoint failed: its certificate did not chain to the anchors or
     /// name the identity discovery gave, or it refused the gateway's.
+    /// The service's HTTP/1.1 response broke the protocol (framing, head, chunked coding).
+    #[error("upstream response malformed")]
+    UpstreamProtocol,
     #[error("upstream TLS handshake failed")]
     UpstreamTls,
     #[error("upstream response timeout")]
@@ -109,6 +112,7 @@ impl ProxyError {
             ProxyError::Connect => "upstream connect failed",
             ProxyError::ConnectTimeout => "upstream connect timeout",
             ProxyError::Upstream => "upstream request failed",
+            ProxyError::UpstreamProtocol => "upstream response malformed",
             ProxyError::UpstreamTls => "upstream TLS handshake failed",
             ProxyError::ResponseTimeout => "upstream response timeout",
         }
@@ -134,6 +138,7 @@ impl ProxyError {
             ProxyError::Resolve
             | ProxyError::Connect
             | ProxyError::Upstream
+            | ProxyError::UpstreamProtocol
             | ProxyError::UpstreamTls => StatusCode::BAD_GATEWAY,
             ProxyError::NoEndpoints | ProxyError::NameLimit => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout | ProxyError::ResponseTimeout | ProxyError::FailFast => {
@@ -151,6 +156,7 @@ impl ProxyError {
                 | ProxyError::ConnectTimeout
                 | ProxyError::UpstreamTls
                 | ProxyError::Upstream
+                | ProxyError::UpstreamProtocol
         )
     }
 

@@ -16,6 +16,12 @@ use crate::{
     message,
 };
 
+/// A service's HTTP/1.1 response as the gateway's upstream codec reads it; the first byte
+/// picks the request method and how the rest is split into reads.
+pub fn upstream_response(data: &[u8]) {
+    crate::upstream::fuzz_http1_response(data)
+}
+
 /// `l5d-orig-proto`'s value as the gateway reads it.
 pub fn orig_proto(value: &[u8]) -> Option<Version> {
     HeaderValue::from_bytes(value)

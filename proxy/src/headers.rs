@@ -97,7 +97,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::UPGRADE
         || name == header::TE
-        || name == header::TRAILER
         || name == header::TRANSFER_ENCODING
         || name == header::PROXY_AUTHENTICATE
         || name == header::PROXY_AUTHORIZATION
@@ -106,7 +105,8 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` on an upgrade and `TE:
-/// trailers` (which gRPC needs end to end).
+/// trailers` (which gRPC needs end to end). `Trailer` is end to end: it announces the
+/// trailer fields, and HTTP/1.1 servers send only the trailers it names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages carry none of them: one pass over the few names present is cheaper than
     // a hash lookup for each of the nine names.
@@ -130,7 +130,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         PROXY_CONNECTION,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
     ] {
         headers.remove(name);

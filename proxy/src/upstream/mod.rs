@@ -20,6 +20,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 
+#[doc(hidden)]
+pub use self::http1::fuzz_response as fuzz_http1_response;
 pub use self::{
     dial::{Alpn, Dialer, MeshTls, UpstreamIo},
     http1::UpstreamBody,
@@ -112,10 +114,8 @@ impl From<ProxyError> for SendError {
     }
 }
 
-/// Most bytes one upstream HTTP/1.1 connection buffers (read and write each): a response
-/// whose caller reads slowly waits here and in the kernel, not in a buffer that grows. hyper's
-/// default lets the read buffer grow to 400 KB, which slow callers turned into ~0.8 MB per
-/// connection.
+/// Most bytes an upgrade's HTTP/1.1 connection buffers (read and write each) until the
+/// switch: hyper's default lets the read buffer grow to 400 KB.
 const HTTP1_MAX_BUF: usize = 64 * 1024;
 
 fn http1_builder() -> hyper::client::conn::http1::Builder {
