@@ -2,15 +2,15 @@
 //! caller's bytes reach, and the gateway's HTTP servers driven in memory, without starting a
 //! gateway. Not an API: hidden from the docs, kept only for the fuzzers.
 
-use std::{convert::Infallible, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use http_body_util::{Either, Full};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    body::CallerBody,
     headers,
     inbound::{HttpLimits, HttpServers, HttpVersion},
     message,
@@ -79,14 +79,11 @@ where
     } else {
         HttpVersion::Http1
     };
-    let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+    let handler = |mut req: Request<CallerBody>| async move {
         let status = request(&mut req).unwrap_or(StatusCode::OK);
-        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"ok"))));
         *resp.status_mut() = status;
-        Ok::<_, Infallible>(resp)
-    });
-    let _ = servers
-        .get(version)
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
+        resp
+    };
+    let _ = servers.serve(io, version, handler).await;
 }

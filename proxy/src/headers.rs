@@ -92,59 +92,102 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-/// Whether `name` is one of the headers [`strip_hop_by_hop`] may remove.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// The hop-by-hop fields [`strip_hop_by_hop`] knows by name, as bits.
+const HOP_CONNECTION: u16 = 1;
+const HOP_UPGRADE: u16 = 1 << 1;
+const HOP_TE: u16 = 1 << 2;
+const HOP_TRANSFER_ENCODING: u16 = 1 << 3;
+const HOP_PROXY_AUTHENTICATE: u16 = 1 << 4;
+const HOP_PROXY_AUTHORIZATION: u16 = 1 << 5;
+const HOP_KEEP_ALIVE: u16 = 1 << 6;
+const HOP_PROXY_CONNECTION: u16 = 1 << 7;
+
+fn hop_bit(name: &HeaderName) -> u16 {
+    if name == header::CONNECTION {
+        HOP_CONNECTION
+    } else if name == header::UPGRADE {
+        HOP_UPGRADE
+    } else if name == header::TE {
+        HOP_TE
+    } else if name == header::TRANSFER_ENCODING {
+        HOP_TRANSFER_ENCODING
+    } else if name == header::PROXY_AUTHENTICATE {
+        HOP_PROXY_AUTHENTICATE
+    } else if name == header::PROXY_AUTHORIZATION {
+        HOP_PROXY_AUTHORIZATION
+    } else if name == KEEP_ALIVE {
+        HOP_KEEP_ALIVE
+    } else if name == PROXY_CONNECTION {
+        HOP_PROXY_CONNECTION
+    } else {
+        0
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `Upgrade` on an upgrade and `TE:
 /// trailers` (which gRPC needs end to end). `Trailer` is end to end: it announces the
 /// trailer fields, and HTTP/1.1 servers send only the trailers it names.
+///
+/// One pass over the names present finds the known ones; only those present are removed, and
+/// only names `Connection` lists that are not already known cost a lookup. Most messages
+/// carry none; many responses carry `Connection: keep-alive` alone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the few names present is cheaper than
-    // a hash lookup for each of the nine names.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        present |= hop_bit(name);
+    }
+    if present == 0 && !keep_upgrade {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(keep_upgrade && name == header::UPGRADE) {
+    if present & HOP_CONNECTION != 0 {
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        {
+            let token = token.trim_ascii();
+            if token.is_empty() || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            // Known hop-by-hop names are removed below, if present.
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if hop_bit(&name) == 0 {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
             headers.remove(&name);
         }
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
+    let remove = |headers: &mut HeaderMap, bit: u16, name: &HeaderName| {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
+    };
+    remove(headers, HOP_KEEP_ALIVE, &KEEP_ALIVE);
+    remove(headers, HOP_PROXY_CONNECTION, &PROXY_CONNECTION);
+    remove(headers, HOP_PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE);
+    remove(
+        headers,
+        HOP_PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHORIZATION,
+    );
+    remove(headers, HOP_TRANSFER_ENCODING, &header::TRANSFER_ENCODING);
+    if present & HOP_TE != 0 {
+        let te_trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !te_trailers {
+            headers.remove(header::TE);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        remove(headers, HOP_CONNECTION, &header::CONNECTION);
+        remove(headers, HOP_UPGRADE, &header::UPGRADE);
     }
 }
 

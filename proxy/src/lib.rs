@@ -17,6 +17,7 @@
 mod admin;
 mod admission;
 pub mod authority;
+mod body;
 mod cert_source;
 pub mod config;
 mod context;

@@ -2,9 +2,18 @@
 //! request the admission checks, the route, header rewriting, forwarding (upgrades included),
 //! synthetic errors and the access-log line.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
+use futures_util::future::{FutureExt, Map};
 use http::{
     header::{self, HeaderValue},
     Request, Response, StatusCode, Version,
@@ -17,10 +26,11 @@ use hyper_util::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::session::HttpVersion;
+use super::{http2, session::HttpVersion};
 use crate::{
     admission,
     authority::Authority,
+    body::CallerBody,
     context::{ConnCtx, Gateway, Held},
     drain::HttpServed,
     errors::ProxyError,
@@ -47,27 +57,109 @@ pub struct HttpLimits {
     pub max_concurrent_streams: u32,
 }
 
-/// The three hyper servers a connection may get, built once.
+/// The servers a connection may get, built once: hyper's for HTTP/1 (and for sessions that
+/// detect their version), the gateway's own on h2 for HTTP/2.
 pub struct HttpServers {
     h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
     detect: auto::Builder<TokioExecutor>,
+    h2: ::h2::server::Builder,
 }
 
 impl HttpServers {
     pub fn new(limits: &HttpLimits) -> Self {
         Self {
             h1: builder(limits).http1_only(),
-            h2: builder(limits).http2_only(),
             detect: builder(limits),
+            h2: h2_builder(limits),
         }
     }
 
-    pub(crate) fn get(&self, version: HttpVersion) -> &auto::Builder<TokioExecutor> {
-        match version {
+    /// Serves one connection: HTTP/2 on the gateway's server, the rest on hyper's.
+    pub(crate) fn serve<IO, F, Fut>(
+        &self,
+        io: IO,
+        version: HttpVersion,
+        handler: F,
+    ) -> Serving<IO, F, Fut>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let hyper_server = match version {
+            HttpVersion::Http2 => return Serving::H2(http2::Served::new(io, &self.h2, handler)),
             HttpVersion::Http1 => &self.h1,
-            HttpVersion::Http2 => &self.h2,
             HttpVersion::Detect => &self.detect,
+        };
+        Serving::Hyper(Box::pin(
+            hyper_server
+                .serve_connection_with_upgrades(TokioIo::new(io), HyperService(handler))
+                .into_owned(),
+        ))
+    }
+}
+
+/// The request handler as a hyper service, for HTTP/1 callers.
+pub(crate) struct HyperService<F>(F);
+
+type Answered<Fut> = Map<Fut, fn(Response<Body>) -> Result<Response<Body>, Infallible>>;
+
+impl<F, Fut> hyper::service::Service<Request<Incoming>> for HyperService<F>
+where
+    F: Fn(Request<CallerBody>) -> Fut,
+    Fut: Future<Output = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Answered<Fut>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        (self.0)(req.map(CallerBody::from)).map(Ok as fn(_) -> _)
+    }
+}
+
+/// hyper's HTTP/1 connection, upgrades included.
+pub(crate) type HyperConnection<IO, F> =
+    auto::UpgradeableConnection<'static, TokioIo<IO>, HyperService<F>, TokioExecutor>;
+
+/// A connection being served, by either server.
+pub(crate) enum Serving<IO, F, Fut>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    H2(http2::Served<IO, F>),
+    Hyper(Pin<Box<HyperConnection<IO, F>>>),
+}
+
+impl<IO, F, Fut> Future for Serving<IO, F, Fut>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    type Output = Result<(), String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Serving::H2(s) => Pin::new(s).poll(cx).map_err(|e| e.to_string()),
+            Serving::Hyper(s) => s.as_mut().poll(cx).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<IO, F, Fut> Serving<IO, F, Fut>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// HTTP/2 callers get GOAWAY, HTTP/1 ones `Connection: close` on the response in flight.
+    pub(crate) fn graceful_shutdown(&mut self) {
+        match self {
+            Serving::H2(s) => s.graceful_shutdown(),
+            Serving::Hyper(s) => s.as_mut().graceful_shutdown(),
         }
     }
 }
@@ -100,6 +192,21 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The HTTP/2 server's settings: the same limits and windows as hyper's above, and h2's
+/// budgets for streams the caller resets before they are answered (rapid reset) and for
+/// streams it makes the gateway reset.
+fn h2_builder(limits: &HttpLimits) -> ::h2::server::Builder {
+    let mut b = ::h2::server::Builder::new();
+    b.max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buffer_size(SEND_BUF_PER_STREAM)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(1024));
+    b
+}
+
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 const SEND_BUF_PER_STREAM: usize = 64 * 1024;
@@ -124,14 +231,12 @@ pub async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(HttpConn { ctx, target });
-    let service = {
+    let handler = {
         let conn = conn.clone();
         let gw = gw.clone();
-        hyper::service::service_fn(move |req| handle(gw.clone(), conn.clone(), req))
+        move |req| handle(gw.clone(), conn.clone(), req)
     };
-    let served = servers
-        .get(version)
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let served = servers.serve(io, version, handler);
     let t = gw.timeouts;
     let idle = match version {
         HttpVersion::Http2 => Idle::Requests(t.http2_idle),
@@ -141,7 +246,7 @@ pub async fn serve<IO>(
     let (peer, client_id) = (conn.ctx.peer, &conn.ctx.client_id);
     match gw
         .drain
-        .serve_http_watched("http", served, |c| c.graceful_shutdown(), watch)
+        .serve_http_watched("http", served, |c| c.get_mut().graceful_shutdown(), watch)
         .await
     {
         HttpServed::Finished(Ok(())) => {}
@@ -166,12 +271,8 @@ pub async fn serve<IO>(
     }
 }
 
-/// The hyper service body: never fails; errors become synthetic responses.
-async fn handle(
-    gw: Arc<Gateway>,
-    conn: Arc<HttpConn>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+/// One request, whichever server read it: errors become synthetic responses.
+async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     // A refcount bump, not a copy: the path is only read for log lines.
@@ -250,7 +351,7 @@ async fn handle(
             peer = %conn.ctx.peer,
         );
     }
-    Ok(resp)
+    resp
 }
 
 /// The routed service's name for logs and metrics; empty when the request was not routed.
@@ -280,7 +381,7 @@ fn synthetic(e: &ProxyError, version: Version) -> Response<Body> {
 async fn admit(
     gw: &Gateway,
     conn: &HttpConn,
-    req: &mut Request<Incoming>,
+    req: &mut Request<CallerBody>,
 ) -> Result<Option<Arc<Target>>, ProxyError> {
     let next = message::check(req, conn.target.is_some())?;
     admission::request(gw, conn.ctx.admitted, req.headers())?;
@@ -315,7 +416,7 @@ fn asked_name<B>(conn: &HttpConn, req: &Request<B>) -> String {
 async fn proxy(
     gw: &Gateway,
     conn: &HttpConn,
-    mut req: Request<Incoming>,
+    mut req: Request<CallerBody>,
     routed: &mut Option<Arc<Target>>,
     upstream: &mut Option<SocketAddr>,
     asked: &mut Option<String>,
@@ -497,7 +598,7 @@ async fn send(
     wire: Wire,
     upgrading: bool,
     endpoint: &Arc<Endpoint>,
-    req: Request<Incoming>,
+    req: Request<CallerBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     match wire {
         Wire::Http2 | Wire::Http1OverHttp2(_) => {

@@ -6,6 +6,7 @@
 //! and the connection closed.
 
 mod http;
+mod http2;
 mod opaque;
 mod session;
 

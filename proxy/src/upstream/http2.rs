@@ -6,13 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{
-    body::Incoming,
-    client::conn::http2::{self, SendRequest},
-};
+use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{dial::Alpn, Shared};
+use crate::body::CallerBody;
 use crate::{errors::ProxyError, routing::Endpoint};
 
 /// What Linkerd peers do: a PING every 10 s, the connection given up 3 s after an unanswered one.
@@ -37,13 +35,13 @@ pub(super) struct Http2Slot {
 }
 
 struct Open {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<CallerBody>,
     last_used: Instant,
 }
 
 impl Http2Slot {
     /// A handle to the open connection, if it can still take requests.
-    fn current(&self) -> Option<SendRequest<Incoming>> {
+    fn current(&self) -> Option<SendRequest<CallerBody>> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         match open.as_mut() {
             Some(o) if !o.sender.is_closed() => {
@@ -61,7 +59,7 @@ impl Http2Slot {
         &self,
         shared: &Shared,
         endpoint: &Endpoint,
-    ) -> Result<SendRequest<Incoming>, ProxyError> {
+    ) -> Result<SendRequest<CallerBody>, ProxyError> {
         let addr = endpoint.addr;
         if let Some(s) = self.current() {
             return Ok(s);

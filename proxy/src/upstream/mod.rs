@@ -16,8 +16,8 @@ use std::{
     time::Duration,
 };
 
+use crate::body::CallerBody;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 
 #[doc(hidden)]
@@ -102,7 +102,7 @@ impl EndpointPool {
 #[derive(Debug)]
 pub struct SendError {
     pub error: ProxyError,
-    pub unsent: Option<Request<Incoming>>,
+    pub unsent: Option<Request<CallerBody>>,
 }
 
 impl From<ProxyError> for SendError {
@@ -180,7 +180,7 @@ impl Upstreams {
     pub async fn send_http2(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let shared = &self.shared;
         let attempt = async {
@@ -213,7 +213,7 @@ impl Upstreams {
     pub async fn send_http1(
         &self,
         endpoint: &Arc<Endpoint>,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let attempt = http1::send(&self.shared, endpoint, req);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
@@ -226,7 +226,7 @@ impl Upstreams {
     pub async fn send_upgrade(
         &self,
         endpoint: &Endpoint,
-        req: Request<Incoming>,
+        req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let attempt = http1::send_upgrade(&self.shared, endpoint, req);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
@@ -267,6 +267,7 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
     use hyper_util::{
         rt::TokioIo,
         server::conn::auto::{self, Builder},
@@ -317,7 +318,7 @@ mod tests {
                         async move {
                             let (mut parts, body) = req.into_parts();
                             parts.uri = "/".parse().unwrap();
-                            let req = Request::from_parts(parts, body);
+                            let req = Request::from_parts(parts, CallerBody::from(body));
                             let resp = if h2 {
                                 upstreams.send_http2(&endpoint, req).await
                             } else {

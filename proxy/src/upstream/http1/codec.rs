@@ -99,11 +99,7 @@ impl RequestFraming {
 /// Writes a request head: request line, the caller's headers as rewritten by the gateway
 /// (hop-by-hop fields already gone) and the framing the gateway chose. `Content-Length` is
 /// always the gateway's own, so the framing and the header cannot disagree.
-pub fn encode_request_head(
-    parts: &http::request::Parts,
-    framing: RequestFraming,
-    out: &mut BytesMut,
-) {
+pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming) -> Bytes {
     let target = parts
         .uri
         .path_and_query()
@@ -112,15 +108,15 @@ pub fn encode_request_head(
         .unwrap_or("/");
     // Chunked needs HTTP/1.1; an HTTP/1.0 caller's body of unknown length goes as one.
     let http10 = parts.version == Version::HTTP_10 && framing != RequestFraming::Chunked;
-    let mut len = parts.method.as_str().len() + target.len() + 64;
+    let mut len = parts.method.as_str().len() + target.len() + 80;
     for (name, value) in &parts.headers {
         len += name.as_str().len() + value.len() + 4;
     }
-    out.reserve(len);
-    out.put_slice(parts.method.as_str().as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(target.as_bytes());
-    out.put_slice(if http10 {
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(if http10 {
         b" HTTP/1.0\r\n"
     } else {
         b" HTTP/1.1\r\n"
@@ -129,27 +125,28 @@ pub fn encode_request_head(
         if name == header::CONTENT_LENGTH {
             continue;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
-            out.put_slice(b"content-length: ");
-            put_decimal(out, n);
-            out.put_slice(b"\r\n");
+            out.extend_from_slice(b"content-length: ");
+            put_decimal(&mut out, n);
+            out.extend_from_slice(b"\r\n");
         }
-        RequestFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     if http10 {
-        out.put_slice(b"connection: keep-alive\r\n");
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    out.put_slice(b"\r\n");
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
 }
 
-fn put_decimal(out: &mut BytesMut, mut n: u64) {
+fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -160,7 +157,7 @@ fn put_decimal(out: &mut BytesMut, mut n: u64) {
             break;
         }
     }
-    out.put_slice(&digits[i..]);
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The line that opens a chunk of `len` bytes.
@@ -216,7 +213,6 @@ pub enum Parsed {
 }
 
 /// Where one header field lies in the head's bytes.
-#[derive(Clone, Copy)]
 struct Span {
     name: (usize, usize),
     value: (usize, usize),
@@ -226,13 +222,12 @@ struct Span {
 /// `Ok(None)`: the head is not complete yet. `method` is the request's (a response to HEAD
 /// has no body).
 pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Http1Error> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut spans = [Span {
-        name: (0, 0),
-        value: (0, 0),
-    }; MAX_HEADERS];
     let mut fields = FramingFields::default();
-    let (len, code, minor, count) = {
+    let (len, code, minor, spans) = {
         let mut res = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut res,
@@ -251,19 +246,22 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
         if len > MAX_HEAD {
             return Err(Http1Error::HeadTooLarge);
         }
+        // Where each field lies, so that its value can point into the head once the head is
+        // split off the buffer (sized exactly: a fixed array would be zeroed on every call).
         let base = buf.as_ptr() as usize;
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+        let mut spans = Vec::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *span = Span {
+            spans.push(Span {
                 name: (name, name + h.name.len()),
                 value: (value, value + h.value.len()),
-            };
+            });
             fields.note(h.name.as_bytes(), h.value)?;
         }
         let code = res.code.ok_or(Http1Error::BadHead)?;
         let minor = res.version.ok_or(Http1Error::BadHead)?;
-        (len, code, minor, res.headers.len())
+        (len, code, minor, spans)
     };
     let head = buf.split_to(len).freeze();
     if (100..200).contains(&code) {
@@ -278,8 +276,8 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for span in &spans {
         let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
             .map_err(|_| Http1Error::BadHead)?;
         let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
@@ -632,18 +630,15 @@ mod tests {
             .unwrap()
             .into_parts();
         parts.version = Version::HTTP_11;
-        let mut out = BytesMut::new();
-        encode_request_head(&parts, RequestFraming::Length(12), &mut out);
+        let out = encode_request_head(&parts, RequestFraming::Length(12));
         assert_eq!(
             &out[..],
             b"POST /vote?x=1 HTTP/1.1\r\nhost: web-svc:80\r\ncontent-length: 12\r\n\r\n"
         );
-        let mut out = BytesMut::new();
-        encode_request_head(&parts, RequestFraming::Chunked, &mut out);
+        let out = encode_request_head(&parts, RequestFraming::Chunked);
         assert!(out.ends_with(b"host: web-svc:80\r\ntransfer-encoding: chunked\r\n\r\n"));
         parts.version = Version::HTTP_10;
-        let mut out = BytesMut::new();
-        encode_request_head(&parts, RequestFraming::None, &mut out);
+        let out = encode_request_head(&parts, RequestFraming::None);
         assert!(out.starts_with(b"POST /vote?x=1 HTTP/1.0\r\n"));
         assert!(out.ends_with(b"connection: keep-alive\r\n\r\n"));
     }

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -33,7 +33,7 @@ use self::{
     conn::{Outgoing, WriteError},
 };
 use super::{dial::Alpn, SendError, Shared};
-use crate::{errors::ProxyError, routing::Endpoint};
+use crate::{body::CallerBody, errors::ProxyError, routing::Endpoint};
 
 #[doc(hidden)]
 pub use self::codec::fuzz_response;
@@ -43,7 +43,7 @@ pub use self::codec::fuzz_response;
 const MAX_STALE_RETRIES: usize = 3;
 
 /// What an upstream HTTP/1.1 request carries after its head: the caller's body.
-type ReqBody = Incoming;
+type ReqBody = CallerBody;
 
 /// Sends `req` to the endpoint over an idle connection from its pool (or a new one) and waits
 /// for response headers. The body of the response drives the connection and returns it to
@@ -51,7 +51,7 @@ type ReqBody = Incoming;
 pub(super) async fn send(
     shared: &Arc<Shared>,
     endpoint: &Arc<Endpoint>,
-    req: Request<Incoming>,
+    req: Request<CallerBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let (pool, addr) = (&endpoint.pool, endpoint.addr);
     let (parts, body) = req.into_parts();
@@ -66,7 +66,6 @@ pub(super) async fn send(
     let mut body = Some(body);
     let mut stale = 0;
     let mut replayed = false;
-    let mut head = BytesMut::new();
     loop {
         let pooled = if stale < MAX_STALE_RETRIES {
             pool.http1.checkout(shared.cfg.idle_timeout)
@@ -96,9 +95,8 @@ pub(super) async fn send(
             && idle >= REPLAY_AFTER_IDLE
             && bodiless
             && idempotent(&parts.method);
-        codec::encode_request_head(&parts, framing, &mut head);
         let mut out = Outgoing::new(
-            head.split().freeze(),
+            codec::encode_request_head(&parts, framing),
             if bodiless { None } else { body.take() },
             framing,
         );
@@ -294,7 +292,7 @@ fn response(
 pub(super) async fn send_upgrade(
     shared: &Shared,
     endpoint: &Endpoint,
-    req: Request<Incoming>,
+    req: Request<CallerBody>,
 ) -> Result<Response<UpstreamBody>, ProxyError> {
     let addr = endpoint.addr;
     let stream = shared
