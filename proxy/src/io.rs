@@ -1,11 +1,11 @@
-//! An I/O wrapper that counts bytes each way into Prometheus counters and notes the
-//! connection's [`Activity`] for its watchdog.
+//! I/O wrappers: [`CountingIo`] counts bytes each way into Prometheus counters and notes the
+//! connection's [`Activity`] for its watchdog; [`WriteBatch`] gathers writes until a flush.
 
 use std::{
     io,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
+    task::{ready, Context, Poll},
 };
 
 use metrics::Counter;
@@ -108,5 +108,138 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Gathers writes until whoever drives the writer says the turn is over, so that what was
+/// produced in one turn reaches the socket in one write. The HTTP/2 server needs it: h2
+/// flushes after every DATA frame over 256 bytes (it chains such frames instead of copying
+/// them), which over TLS made each response a record and a system call of its own, however
+/// many responses were ready at once. The writer's flushes are deferred; [`BatchFlusher`]
+/// writes everything out at the end of the turn. Shutdown is never deferred.
+pub struct WriteBatch<T> {
+    shared: Arc<Mutex<Batch<T>>>,
+}
+
+/// The other handle on a [`WriteBatch`]: ends a turn.
+pub struct BatchFlusher<T> {
+    shared: Arc<Mutex<Batch<T>>>,
+}
+
+struct Batch<T> {
+    inner: T,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    sent: usize,
+}
+
+/// Most bytes gathered before they are written without waiting for the end of the turn;
+/// larger writes go straight through.
+const BATCH_MAX: usize = 64 * 1024;
+/// A buffer grown past this is let go once written, so an idle connection holds none.
+const BATCH_KEEP: usize = 16 * 1024;
+
+/// `inner` as a batching writer, and the handle that ends each turn.
+pub fn write_batch<T>(inner: T) -> (WriteBatch<T>, BatchFlusher<T>) {
+    let shared = Arc::new(Mutex::new(Batch {
+        inner,
+        buf: Vec::new(),
+        sent: 0,
+    }));
+    (
+        WriteBatch {
+            shared: shared.clone(),
+        },
+        BatchFlusher { shared },
+    )
+}
+
+fn lock<T>(m: &Mutex<Batch<T>>) -> std::sync::MutexGuard<'_, Batch<T>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T: AsyncWrite + Unpin> Batch<T> {
+    /// Writes out what was gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.sent = 0;
+        if self.buf.capacity() > BATCH_KEEP {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> BatchFlusher<T> {
+    /// Ends the turn: everything gathered is written and flushed.
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        lock(&self.shared).poll_drain_and_flush(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteBatch<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut lock(&self.shared).inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBatch<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut b = lock(&self.shared);
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if !b.buf.is_empty() && b.buf.len() + total > BATCH_MAX {
+            ready!(b.poll_drain(cx))?;
+        }
+        if b.buf.is_empty() && total >= BATCH_MAX {
+            return Pin::new(&mut b.inner).poll_write_vectored(cx, bufs);
+        }
+        for s in bufs {
+            b.buf.extend_from_slice(s);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Deferred to the end of the turn ([`BatchFlusher::poll_flush`]).
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut b = lock(&self.shared);
+        ready!(b.poll_drain_and_flush(cx))?;
+        Pin::new(&mut b.inner).poll_shutdown(cx)
     }
 }

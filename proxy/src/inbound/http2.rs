@@ -6,7 +6,8 @@
 //! runs, queues its response frames, and the connection writes what all streams queued in one
 //! TLS write when it is polled next. h2 keeps its protocol checks (pseudo-headers,
 //! connection-specific fields, content-length, flow control, the rapid-reset and
-//! error-reset budgets); `message.rs` adds the rest.
+//! error-reset budgets); `message.rs` adds the rest. Writes are gathered until h2 flushes
+//! ([`WriteBatch`]): responses that became ready together leave in one TLS record.
 
 use std::{
     fmt::Display,
@@ -25,7 +26,10 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::{CallerBody, H2Body};
+use crate::{
+    body::{CallerBody, H2Body},
+    io::{write_batch, BatchFlusher, WriteBatch},
+};
 
 /// A stream: its request through the handler, and its response back.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -36,17 +40,21 @@ pub struct Served<IO, F> {
     state: State<IO>,
     streams: FuturesUnordered<StreamFuture>,
     handler: F,
+    /// Ends each turn: what h2 wrote during it goes out in one write.
+    flusher: BatchFlusher<IO>,
     /// A graceful shutdown was asked for (before the handshake finished, it applies after).
     shutdown: bool,
 }
 
 enum State<IO> {
-    Handshaking(Pin<Box<Handshake<IO, Bytes>>>),
+    Handshaking(Pin<Box<Handshake<WriteBatch<IO>, Bytes>>>),
     Serving {
-        conn: Box<Connection<IO, Bytes>>,
+        conn: Box<Connection<WriteBatch<IO>, Bytes>>,
         /// False once no new stream can arrive: the connection is only driven to its end.
         accepting: bool,
     },
+    /// Closed (or failed, with the error to report) once the last writes are out.
+    Closing(Option<h2::Error>),
     Done,
 }
 
@@ -59,10 +67,12 @@ where
     B::Error: Display,
 {
     pub fn new(io: IO, builder: &h2::server::Builder, handler: F) -> Self {
+        let (io, flusher) = write_batch(io);
         Self {
             state: State::Handshaking(Box::pin(builder.handshake(io))),
             streams: FuturesUnordered::new(),
             handler,
+            flusher,
             shutdown: false,
         }
     }
@@ -88,58 +98,89 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                State::Handshaking(h) => {
-                    let mut conn = ready!(h.as_mut().poll(cx))?;
-                    if this.shutdown {
-                        conn.graceful_shutdown();
-                    }
-                    this.state = State::Serving {
-                        conn: Box::new(conn),
-                        accepting: true,
-                    };
+        let turn = this.turn(cx);
+        // Whatever the turn wrote leaves now, in one write (a failed write shows up as a
+        // connection error on h2's next turn).
+        let flushed = this.flusher.poll_flush(cx);
+        match (turn, &mut this.state) {
+            (Poll::Ready(()), State::Closing(error)) => {
+                if flushed.is_pending() {
+                    return Poll::Pending;
                 }
+                let error = error.take();
+                this.state = State::Done;
+                Poll::Ready(error.map_or(Ok(()), Err))
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+impl<IO, F, Fut, B> Served<IO, F>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Unpin + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Display,
+{
+    /// One turn: every stream that was woken runs (queueing its frames), then the connection
+    /// takes the queued frames and reads the caller's, until no new stream arrives. Ready
+    /// once the connection has closed (the state is then `Closing`).
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                State::Handshaking(h) => match h.as_mut().poll(cx) {
+                    Poll::Ready(Ok(mut conn)) => {
+                        if self.shutdown {
+                            conn.graceful_shutdown();
+                        }
+                        self.state = State::Serving {
+                            conn: Box::new(conn),
+                            accepting: true,
+                        };
+                    }
+                    Poll::Ready(Err(e)) => self.state = State::Closing(Some(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
                 State::Serving { conn, accepting } => {
-                    // The connection first: it writes what the streams queued since the last
-                    // poll, all in one go, then reads the caller's frames.
-                    let mut closed = false;
+                    while let Poll::Ready(Some(())) = self.streams.poll_next_unpin(cx) {}
+                    let mut accepted = false;
                     while *accepting {
                         match conn.poll_accept(cx) {
                             Poll::Ready(Some(Ok((req, respond)))) => {
-                                let handler = this.handler.clone();
-                                this.streams.push(Box::pin(stream(handler, req, respond)));
+                                let handler = self.handler.clone();
+                                self.streams.push(Box::pin(stream(handler, req, respond)));
+                                accepted = true;
                             }
                             Poll::Ready(Some(Err(e))) => {
-                                this.state = State::Done;
-                                return Poll::Ready(Err(e));
+                                self.state = State::Closing(Some(e));
+                                break;
                             }
                             Poll::Ready(None) => *accepting = false,
                             Poll::Pending => break,
                         }
                     }
+                    let State::Serving { conn, accepting } = &mut self.state else {
+                        continue;
+                    };
                     if !*accepting {
                         match conn.poll_closed(cx) {
-                            Poll::Ready(Ok(())) => closed = true,
-                            Poll::Ready(Err(e)) => {
-                                this.state = State::Done;
-                                return Poll::Ready(Err(e));
+                            // Once the connection is closed nothing more can reach the
+                            // caller: streams still waiting are dropped, cancelling what they
+                            // had upstream.
+                            Poll::Ready(r) => {
+                                self.state = State::Closing(r.err());
+                                continue;
                             }
                             Poll::Pending => {}
                         }
                     }
-                    // Then every stream that was woken (and each new one): those that answer
-                    // queue frames, and h2 wakes this future to write them.
-                    while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
-                    // Once the connection is closed nothing more can reach the caller: streams
-                    // still waiting are dropped, cancelling what they had upstream.
-                    if closed {
-                        this.state = State::Done;
-                        return Poll::Ready(Ok(()));
+                    if !accepted {
+                        return Poll::Pending;
                     }
-                    return Poll::Pending;
                 }
-                State::Done => return Poll::Ready(Ok(())),
+                State::Closing(_) | State::Done => return Poll::Ready(()),
             }
         }
     }
