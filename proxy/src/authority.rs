@@ -24,7 +24,7 @@ impl Authority {
             return Err(ProxyError::NoAuthority);
         }
         // Userinfo has no place in a proxied authority.
-        if raw.contains('@') || raw.len() > 300 {
+        if raw.len() > 300 || raw.as_bytes().contains(&b'@') {
             return Err(ProxyError::BadAuthority);
         }
         let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
@@ -46,14 +46,8 @@ impl Authority {
             // 300-byte bound above, which fuzzing found it could exceed), in labels of 1 to
             // 63 name characters: no empty label (`a..b`, a leading dot, or a
             // second trailing dot), found by fuzzing to break normalisation (`x..` became
-            // `x.`, which normalised again to `x`).
-            if host.is_empty()
-                || host.len() > 253
-                || !host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-                || host.split('.').any(|l| l.is_empty() || l.len() > 63)
-            {
+            // `x.`, which normalised again to `x`). One pass: this runs for every request.
+            if host.is_empty() || host.len() > 253 || !valid_labels(host.as_bytes()) {
                 return Err(ProxyError::BadAuthority);
             }
             (HostBuf::Name(host), port)
@@ -65,8 +59,9 @@ impl Authority {
                 _ => return Err(ProxyError::BadAuthority),
             },
         };
-        // One exact-size allocation, no formatting machinery: this runs for every request.
-        let mut full = String::with_capacity(host.len() + 6);
+        // One exact-size allocation (a larger one would be shrunk, a second allocation, by
+        // `into_boxed_str`), no formatting machinery: this runs for every request.
+        let mut full = String::with_capacity(host.len() + 1 + port_digits(port));
         match host {
             HostBuf::Bracketed(v6) => {
                 full.push('[');
@@ -135,6 +130,37 @@ impl HostBuf<'_> {
     }
 }
 
+/// Labels of 1 to 63 of `[A-Za-z0-9_-]`, separated by single dots.
+fn valid_labels(host: &[u8]) -> bool {
+    let mut label = 0usize;
+    for &b in host {
+        if b == b'.' {
+            if label == 0 {
+                return false;
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return false;
+            }
+        } else {
+            return false;
+        }
+    }
+    label > 0
+}
+
+fn port_digits(port: u16) -> usize {
+    match port {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    }
+}
+
 fn push_lower(out: &mut String, s: &str) {
     let start = out.len();
     out.push_str(s);
@@ -153,7 +179,8 @@ fn push_port(out: &mut String, port: u16) {
             break;
         }
     }
-    out.extend(digits[i..].iter().map(|&d| d as char));
+    // ASCII digits: valid UTF-8 by construction.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
 #[cfg(test)]
