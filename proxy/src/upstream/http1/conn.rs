@@ -1,7 +1,7 @@
 //! One HTTP/1.1 connection to a service and the two directions of an exchange on it: the
 //! request going out ([`Outgoing`], head then body) and the response coming in (read into one
-//! buffer, parsed by [`codec`](super::codec)). Whoever holds the connection polls it; there is
-//! no task of its own.
+//! buffer, parsed by [`parse_response`](super::codec::parse_response)). Whoever holds the
+//! connection polls it; there is no task of its own.
 
 use std::{
     io::{self, IoSlice},
