@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::errors::ProxyError;
+use crate::{decimal::Decimal, errors::ProxyError};
 
 /// A normalised `host:port`: lower-case host without a trailing dot, explicit port (80 when
 /// the request gave none, as plain-HTTP authorities default to it).
@@ -72,7 +72,7 @@ impl Authority {
         }
         let host_len = full.len();
         full.push(':');
-        push_port(&mut full, port);
+        full.push_str(Decimal::new(u64::from(port)).as_str());
         Ok(Self {
             full: full.into_boxed_str(),
             host_len,
@@ -165,22 +165,6 @@ fn push_lower(out: &mut String, s: &str) {
     let start = out.len();
     out.push_str(s);
     out[start..].make_ascii_lowercase();
-}
-
-fn push_port(out: &mut String, port: u16) {
-    let mut digits = [0u8; 5];
-    let mut n = port;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // ASCII digits: valid UTF-8 by construction.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
 #[cfg(test)]

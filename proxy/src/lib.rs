@@ -21,6 +21,7 @@ mod body;
 mod cert_source;
 pub mod config;
 mod context;
+mod decimal;
 mod discovery;
 mod drain;
 mod errors;

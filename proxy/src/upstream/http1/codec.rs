@@ -11,6 +11,8 @@ use std::mem::MaybeUninit;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use crate::decimal::Decimal;
+
 /// Longest response head (status line and headers), and longest trailer section, taken from
 /// a service: as much as the connection's read buffer holds.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -134,7 +136,7 @@ pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            put_decimal(&mut out, n);
+            out.extend_from_slice(Decimal::new(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -144,20 +146,6 @@ pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming
     }
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
-}
-
-fn put_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The line that opens a chunk of `len` bytes.
