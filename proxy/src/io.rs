@@ -243,3 +243,70 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBatch<T> {
         Pin::new(&mut b.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A writer that records each write it is given.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(data.len());
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_turn_of_writes_and_flushes_leaves_in_one_write() {
+        let rec = Recorder::default();
+        let writes = rec.writes.clone();
+        let (mut w, flusher) = write_batch(rec);
+        for _ in 0..5 {
+            // As h2 does per response: a frame, then a flush.
+            w.write_all(&[0u8; 1000]).await.unwrap();
+            w.flush().await.unwrap();
+        }
+        assert!(writes.lock().unwrap().is_empty(), "flushes are deferred");
+        poll_fn(|cx| flusher.poll_flush(cx)).await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![5000]);
+        // Past the bound, what was gathered goes first, and a large write straight through.
+        w.write_all(&[0u8; 100]).await.unwrap();
+        w.write_all(&vec![0u8; BATCH_MAX]).await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![5000, 100, BATCH_MAX]);
+        // Shutdown is never deferred.
+        w.write_all(&[0u8; 10]).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(*writes.lock().unwrap(), vec![5000, 100, BATCH_MAX, 10]);
+    }
+}
