@@ -644,3 +644,21 @@ pub async fn body_text(resp: Response<Incoming>) -> String {
         .unwrap_or_default();
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// The gateway's refusal reason on a response (`l5d-proxy-error`), empty when there is none.
+pub fn proxy_error<B>(resp: &Response<B>) -> String {
+    resp.headers()
+        .get("l5d-proxy-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Polls `done` every 20 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

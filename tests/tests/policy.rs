@@ -30,12 +30,7 @@ async fn status(
         .send_request(req)
         .await
         .expect("the connection stays open");
-    let reason = resp
-        .headers()
-        .get("l5d-proxy-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let reason = proxy_error(&resp);
     (resp.status(), reason)
 }
 

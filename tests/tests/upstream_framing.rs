@@ -220,12 +220,7 @@ async fn try_call(s: &Setup, method: &str, path: &str) -> Result<Answer, String>
         .expect("response in time")
         .map_err(|e| e.to_string())?;
     let status = resp.status();
-    let reason = resp
-        .headers()
-        .get("l5d-proxy-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let reason = proxy_error(&resp);
     let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
         .await
         .expect("body in time");

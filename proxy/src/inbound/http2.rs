@@ -61,7 +61,7 @@ enum State<IO> {
 impl<IO, F, Fut, B> Served<IO, F>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Unpin + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Display,
@@ -84,46 +84,7 @@ where
             conn.graceful_shutdown();
         }
     }
-}
 
-impl<IO, F, Fut, B> Future for Served<IO, F>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Unpin + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Display,
-{
-    type Output = Result<(), h2::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let turn = this.turn(cx);
-        // Whatever the turn wrote leaves now, in one write (a failed write shows up as a
-        // connection error on h2's next turn).
-        let flushed = this.flusher.poll_flush(cx);
-        match (turn, &mut this.state) {
-            (Poll::Ready(()), State::Closing(error)) => {
-                if flushed.is_pending() {
-                    return Poll::Pending;
-                }
-                let error = error.take();
-                this.state = State::Done;
-                Poll::Ready(error.map_or(Ok(()), Err))
-            }
-            _ => Poll::Pending,
-        }
-    }
-}
-
-impl<IO, F, Fut, B> Served<IO, F>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Unpin + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Display,
-{
     /// One turn: every stream that was woken runs (queueing its frames), then the connection
     /// takes the queued frames and reads the caller's, until no new stream arrives. Ready
     /// once the connection has closed (the state is then `Closing`).
@@ -182,6 +143,36 @@ where
                 }
                 State::Closing(_) | State::Done => return Poll::Ready(()),
             }
+        }
+    }
+}
+
+impl<IO, F, Fut, B> Future for Served<IO, F>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Unpin + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Display,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let turn = this.turn(cx);
+        // Whatever the turn wrote leaves now, in one write (a failed write shows up as a
+        // connection error on h2's next turn).
+        let flushed = this.flusher.poll_flush(cx);
+        match (turn, &mut this.state) {
+            (Poll::Ready(()), State::Closing(error)) => {
+                if flushed.is_pending() {
+                    return Poll::Pending;
+                }
+                let error = error.take();
+                this.state = State::Done;
+                Poll::Ready(error.map_or(Ok(()), Err))
+            }
+            _ => Poll::Pending,
         }
     }
 }
