@@ -344,13 +344,40 @@ impl StubEndpoint {
                         inbound_port: p as u32,
                     }),
             }),
-            metric_labels: [("pod".to_string(), format!("pod-{}", self.addr.port()))].into(),
+            // As Linkerd's destination controller labels a pod of a Deployment; the service
+            // account is the identity's first label.
+            metric_labels: [
+                ("pod".to_string(), format!("pod-{}", self.addr.port())),
+                ("deployment".to_string(), "web".to_string()),
+                (
+                    "serviceaccount".to_string(),
+                    self.identity
+                        .as_deref()
+                        .and_then(|i| i.split('.').next())
+                        .unwrap_or("default")
+                        .to_string(),
+                ),
+            ]
+            .into(),
             ..Default::default()
         }
     }
 }
 
 type Answers = std::collections::HashMap<String, DestinationAnswer>;
+
+/// The set's labels as the destination controller sends them: the service and its namespace,
+/// read from the name asked for (`web-svc.emojivoto.svc.cluster.local:80`).
+fn set_labels(path: &str) -> std::collections::HashMap<String, String> {
+    let mut parts = path.split(['.', ':']);
+    let service = parts.next().unwrap_or_default().to_string();
+    let namespace = parts.next().unwrap_or_default().to_string();
+    [
+        ("namespace".to_string(), namespace),
+        ("service".to_string(), service),
+    ]
+    .into()
+}
 
 struct DestinationSvc {
     answers: tokio::sync::watch::Receiver<Answers>,
@@ -420,11 +447,7 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
                             u.push(Update {
                                 update: Some(update::Update::Add(WeightedAddrSet {
                                     addrs: added,
-                                    metric_labels: [(
-                                        "namespace".to_string(),
-                                        "emojivoto".to_string(),
-                                    )]
-                                    .into(),
+                                    metric_labels: set_labels(&path),
                                 })),
                             });
                         }

@@ -24,6 +24,7 @@ use crate::{
     drain::Drain,
     errors::ConnError,
     listener::{Accepted, Listener},
+    metrics::{ConnMetrics, Outcome},
     tls::{self, FirstByte},
 };
 
@@ -188,17 +189,27 @@ impl Admin {
             peer,
             mut permit,
         } = accepted;
-        let svc = {
+        // Meshed callers (the service mirror's probe) are counted like any caller of the
+        // gateway: `request_total`/`response_total` with their identity.
+        let svc = |counted: Option<Arc<ConnMetrics>>| {
             let admin = self.clone();
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let admin = admin.clone();
+                let counted = counted.clone();
                 async move {
+                    let start = std::time::Instant::now();
                     let _render = if req.uri().path() == "/metrics" {
                         admin.renders.clone().acquire_owned().await.ok()
                     } else {
                         None
                     };
-                    Ok::<_, Infallible>(admin.respond(&req))
+                    let resp = admin.respond(&req);
+                    if let Some(m) = counted {
+                        let h = m.exchange("", resp.status().as_u16(), None, "");
+                        h.responded(start.elapsed());
+                        h.ended(Outcome::Ended { grpc_status: None });
+                    }
+                    Ok::<_, Infallible>(resp)
                 }
             })
         };
@@ -215,13 +226,16 @@ impl Admin {
                         self.handshake_timeout,
                     )
                     .await?;
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let caller = tls::client_identity(stream.get_ref().1)?;
+                    let local = stream.get_ref().0.local_addr().ok();
+                    let counted = Arc::new(ConnMetrics::accepted(caller.as_str(), local));
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc(Some(counted)));
                     drain
                         .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
                         .await
                 }
                 FirstByte::Plaintext(_) => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+                    let conn = builder.serve_connection(TokioIo::new(tcp), svc(None));
                     drain
                         .serve_http(self.surface.name(), conn, |c| c.graceful_shutdown())
                         .await

@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use identity::Identity;
+
 use crate::routing::{Balancer, Protocol};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
@@ -43,6 +45,14 @@ pub struct Cli {
     /// or `off` [default: 0.0.0.0:4181].
     #[arg(long, env = "GATEWAY_PROBE_LISTEN", value_name = "ADDR|off")]
     pub probe_listen: Option<String>,
+    /// Control listener serving tap (mTLS, only to --tap-svc-name); keep it off the
+    /// LoadBalancer [default: 0.0.0.0:4190] (also LINKERD2_PROXY_CONTROL_LISTEN_ADDR).
+    #[arg(long, env = "GATEWAY_CONTROL_LISTEN")]
+    pub control_listen: Option<SocketAddr>,
+    /// The identity allowed to tap (viz's tap controller); without it tap is off (also
+    /// LINKERD2_PROXY_TAP_SVC_NAME).
+    #[arg(long, env = "GATEWAY_TAP_SVC_NAME")]
+    pub tap_svc_name: Option<String>,
     /// PEM file of the trust anchor(s) client certificates must chain to.
     #[arg(long, env = "GATEWAY_TRUST_ANCHORS")]
     pub trust_anchors: Option<PathBuf>,
@@ -173,6 +183,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub probe_listen: Option<String>,
+    pub control_listen: Option<SocketAddr>,
+    pub tap_svc_name: Option<String>,
     pub trust_anchors: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -322,6 +334,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// `None`: no probe listener (a workload's own proxy, say).
     pub probe_listen: Option<SocketAddr>,
+    pub control_listen: SocketAddr,
+    /// Who may tap; `None`: tap is off and the control port is not opened.
+    pub tap_svc_name: Option<Identity>,
     pub trust_anchors: AnchorsSource,
     pub identity: IdentitySource,
     /// `None`: cluster names are resolved by DNS.
@@ -540,6 +555,23 @@ impl Config {
                 .or(file.admin_listen)
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4191))),
             probe_listen: parse_probe_listen(cli.probe_listen.or(file.probe_listen))?,
+            control_listen: cli
+                .control_listen
+                .or_else(|| linkerd_env("CONTROL_LISTEN_ADDR").and_then(|a| a.parse().ok()))
+                .or(file.control_listen)
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 4190))),
+            tap_svc_name: match cli
+                .tap_svc_name
+                .or_else(|| linkerd_env("TAP_SVC_NAME"))
+                .or(file.tap_svc_name)
+            {
+                // Linkerd's injector sets it with tap disabled too; the variable wins.
+                Some(_) if linkerd_env("TAP_DISABLED").is_some() => None,
+                Some(n) => Some(
+                    Identity::parse(&n).with_context(|| format!("tap_svc_name: {n:?}"))?,
+                ),
+                None => None,
+            },
             trust_anchors,
             identity,
             destination: cli

@@ -35,6 +35,8 @@ pub struct Gateway {
     pub timeouts: Timeouts,
     /// Each caller identity's share of the gateway.
     pub quotas: Arc<Quotas>,
+    /// Open taps (viz's, the dashboard's); requests read one atomic while there are none.
+    pub taps: Arc<crate::tap::Taps>,
 }
 
 /// What is known about the caller's connection.

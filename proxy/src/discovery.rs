@@ -204,6 +204,11 @@ fn meta(d: &Discovered) -> EndpointMeta {
         http2: d.http2,
         opaque_transport: d.opaque_transport,
         weight: d.weight,
+        dst_labels: d
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! I/O wrappers: [`CountingIo`] counts bytes each way into Prometheus counters and notes the
-//! connection's [`Activity`] for its watchdog; [`WriteBatch`] gathers writes until a flush.
+//! connection's [`Activity`] for its watchdog; [`MeteredTcp`] counts an upstream connection's
+//! bytes; [`WriteBatch`] gathers writes until a flush.
 
 use std::{
     io,
@@ -11,7 +12,7 @@ use std::{
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::watchdog::Activity;
+use crate::{metrics::UpstreamConnMetrics, watchdog::Activity};
 
 /// Counts bytes read and written. Before counters are attached (the TLS handshake, when the
 /// caller's identity, and so the labels, are not known yet) it keeps running totals.
@@ -95,6 +96,73 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.wrote(&res);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection to an endpoint, counted in the outbound `tcp_*` families for as long as it
+/// lives (its gauge and close count are kept by the metrics it owns).
+pub struct MeteredTcp {
+    inner: tokio::net::TcpStream,
+    metrics: UpstreamConnMetrics,
+}
+
+impl MeteredTcp {
+    pub fn new(inner: tokio::net::TcpStream, metrics: UpstreamConnMetrics) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl AsyncRead for MeteredTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.metrics.read_bytes.increment(n);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for MeteredTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.metrics.write_bytes.increment(n as u64);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            self.metrics.write_bytes.increment(n as u64);
+        }
         res
     }
 

@@ -25,6 +25,7 @@ mod decimal;
 mod discovery;
 mod drain;
 mod errors;
+mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
 mod headers;
@@ -39,6 +40,7 @@ mod policy;
 mod quota;
 pub mod routing;
 mod splice;
+pub mod tap;
 mod tls;
 mod upstream;
 mod watchdog;
@@ -196,6 +198,7 @@ pub async fn start(
     });
     let policy = build_policy(&cfg, &store, &anchors)?;
     let drain = Drain::new();
+    let taps = Arc::new(tap::Taps::default());
     let gw = Arc::new(Gateway {
         identity: own_id.clone(),
         router,
@@ -228,6 +231,7 @@ pub async fn start(
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         )),
+        taps: taps.clone(),
     });
     // Server preference: a caller offering the transport header gets it.
     let server_tls = Arc::new(mtls::server_config(
@@ -297,6 +301,23 @@ pub async fn start(
     if let Some(l) = probe_listener {
         listeners.push(tokio::spawn(admin::serve(l, probe, drain.clone())));
     }
+    let control_listen = match cfg.tap_svc_name.clone() {
+        Some(tap_client) => {
+            let l =
+                Listener::bind(cfg.control_listen, "control", tap::server::MAX_CONNECTIONS).await?;
+            let addr = l.local_addr()?;
+            let control = tap::server::ControlServer {
+                taps: taps.clone(),
+                tls: admin_tls.clone(),
+                identity: own_id.clone(),
+                tap_client,
+                handshake_timeout: cfg.handshake_timeout,
+            };
+            listeners.push(tokio::spawn(control.run(l, drain.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
     cert_source::maintain(
         cfg.clone(),
         anchors,
@@ -307,9 +328,9 @@ pub async fn start(
     .await?;
     if certs.ready {
         readiness.set(true);
-        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, identity = %own_id, "gateway ready");
+        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, control_listen = ?control_listen, identity = %own_id, "gateway ready");
     } else {
-        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, identity = %own_id, "listening; ready once certified");
+        tracing::info!(%listen, %admin_listen, probe_listen = ?probe_listen, control_listen = ?control_listen, identity = %own_id, "listening; ready once certified");
     }
     Ok(Running {
         listen,

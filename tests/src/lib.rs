@@ -428,21 +428,38 @@ async fn backend_handle(
             r
         }
         "/grpc" => {
-            // A gRPC-shaped exchange: echo the request frames, end with trailers.
+            // A gRPC-shaped exchange: echo the request frames, end with trailers carrying
+            // `?status=N` (0 by default); `?only=1` answers trailers-only (the status in
+            // the headers, no body), as servers answer calls they refuse at once.
+            let status = query_num(&req, "status");
+            let only = query_num(&req, "only") == 1;
             let n = body_len(req.body_mut()).await;
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", "0".parse().expect("hv"));
-            trailers.insert(
-                "grpc-message",
-                format!("got {n} bytes").parse().expect("hv"),
-            );
-            let frames = vec![
-                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
-                Ok(Frame::trailers(trailers)),
-            ];
-            let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_iter(
-                frames.into_iter(),
-            ))));
+            let mut r = if only {
+                let mut r = Response::new(full(""));
+                r.headers_mut()
+                    .insert("grpc-status", status.to_string().parse().expect("hv"));
+                r
+            } else {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", status.to_string().parse().expect("hv"));
+                trailers.insert(
+                    "grpc-message",
+                    format!("got {n} bytes").parse().expect("hv"),
+                );
+                let frames = vec![
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi"))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                let mut r = Response::new(BodyExt::boxed(StreamBody::new(futures_iter(
+                    frames.into_iter(),
+                ))));
+                // Over HTTP/1.1 hyper sends only the trailer fields this announces.
+                r.headers_mut().insert(
+                    "trailer",
+                    "grpc-status, grpc-message".parse().expect("hv"),
+                );
+                r
+            };
             r.headers_mut()
                 .insert("content-type", "application/grpc".parse().expect("hv"));
             r

@@ -5,7 +5,6 @@
 use std::{
     convert::Infallible,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -34,6 +33,7 @@ use crate::{
     context::{ConnCtx, Gateway, Held},
     drain::HttpServed,
     errors::ProxyError,
+    exchange::{self, AccessLine, Exchange},
     headers::{
         is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
         FORWARDED, L5D_CLIENT_ID, L5D_DST_CANONICAL, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
@@ -42,6 +42,7 @@ use crate::{
     log_limit, message, metrics,
     routing::{Endpoint, Protocol, Target},
     splice::{splice, Spliced},
+    tap::{TapRequest, Tapped},
     upstream::{SendError, UpstreamBody},
     watchdog::{self, Idle, OpenRequest, Verdict},
 };
@@ -278,8 +279,10 @@ async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>)
     // A refcount bump, not a copy: the path is only read for log lines.
     let uri = req.uri().clone();
     let version = req.version();
+    let grpc = exchange::is_grpc(req.headers());
     let mut routed: Option<Arc<Target>> = None;
-    let mut upstream: Option<SocketAddr> = None;
+    let mut upstream: Option<Arc<Endpoint>> = None;
+    let mut tapped: Option<Box<Tapped>> = None;
     // The name asked for, kept only when the request is refused before it is routed.
     let mut asked: Option<String> = None;
     let open = conn.ctx.activity.open_request();
@@ -287,23 +290,26 @@ async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>)
     // that move to a pointer instead of some 3 KB of state. Linkerd callers always speak
     // HTTP/2 to the gateway: -2.8% instructions per request on that path, +1% on direct
     // HTTP/1.1 callers (measured with `cargo xtask bench-cost`).
-    let resp = match Box::pin(proxy(
+    let mut resp = match Box::pin(proxy(
         &gw,
         &conn,
         req,
-        &mut routed,
-        &mut upstream,
-        &mut asked,
+        Outcomes {
+            routed: &mut routed,
+            upstream: &mut upstream,
+            asked: &mut asked,
+            tapped: &mut tapped,
+        },
         open,
     ))
     .await
     {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some(addr) = upstream {
+            if let Some(endpoint) = &upstream {
                 let proven = routed.as_ref().is_some_and(|t| t.metric_name().is_some());
                 let addr = if proven {
-                    addr.to_string()
+                    endpoint.addr.to_string()
                 } else {
                     String::new()
                 };
@@ -325,8 +331,6 @@ async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>)
             synthetic(&e, version)
         }
     };
-    let latency = start.elapsed();
-    let status = resp.status();
     // Named in metrics only once the name has answered; until then (and for refusals) the
     // authority label is empty.
     let metric_name = routed
@@ -334,24 +338,36 @@ async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>)
         .and_then(|t| t.metric_name())
         .map(Authority::as_str)
         .unwrap_or("");
-    conn.ctx
-        .metrics
-        .request(metric_name, status.as_u16(), latency);
-    if gw.access_log {
-        tracing::info!(
-            target: "access",
-            client_id = %conn.ctx.client_id,
-            tls = true,
-            authority = routed_name(&routed),
-            method = %method,
-            path = uri.path(),
-            status = status.as_u16(),
-            latency_us = latency.as_micros() as u64,
-            upstream = %upstream.map(|a| a.to_string()).unwrap_or_default(),
-            peer = %conn.ctx.peer,
-        );
+    let handles = conn.ctx.metrics.exchange(
+        metric_name,
+        resp.status().as_u16(),
+        upstream.as_ref().map(|e| &e.labels),
+        routed_name(&routed),
+    );
+    let access = gw.access_log.then(|| {
+        Box::new(AccessLine {
+            client_id: conn.ctx.client_id.clone(),
+            peer: conn.ctx.peer,
+            authority: routed_name(&routed).to_string(),
+            method,
+            path: uri,
+            upstream: upstream.as_ref().map(|e| e.addr),
+        })
+    });
+    let mut record = Exchange::responded(handles, start, grpc, resp.headers(), access, tapped);
+    match resp.body_mut() {
+        Either::Left(body) if !http_body::Body::is_end_stream(body) => body.record(record),
+        _ => record.end(None),
     }
     resp
+}
+
+/// What a request's handling learned, for its metrics and log lines whatever the outcome.
+struct Outcomes<'a> {
+    routed: &'a mut Option<Arc<Target>>,
+    upstream: &'a mut Option<Arc<Endpoint>>,
+    asked: &'a mut Option<String>,
+    tapped: &'a mut Option<Box<Tapped>>,
 }
 
 /// The routed service's name for logs and metrics; empty when the request was not routed.
@@ -417,11 +433,15 @@ async fn proxy(
     gw: &Gateway,
     conn: &HttpConn,
     mut req: Request<CallerBody>,
-    routed: &mut Option<Arc<Target>>,
-    upstream: &mut Option<SocketAddr>,
-    asked: &mut Option<String>,
+    out: Outcomes<'_>,
     open: OpenRequest,
 ) -> Result<Response<Body>, ProxyError> {
+    let Outcomes {
+        routed,
+        upstream,
+        asked,
+        tapped,
+    } = out;
     let ctx = &conn.ctx;
     // The caller's budget first: a caller over it costs the gateway as little as possible.
     let quota = ctx.quota.request().map_err(|e| {
@@ -447,7 +467,16 @@ async fn proxy(
     *routed = Some(target.clone());
     let inflight = target.pick().await?;
     let endpoint = inflight.endpoint();
-    *upstream = Some(endpoint.addr);
+    *upstream = Some(endpoint.clone());
+    if !gw.taps.is_idle() {
+        *tapped = gw.taps.observe(&TapRequest {
+            source: ctx.peer,
+            client_id: &ctx.client_id,
+            endpoint,
+            authority: target.name.as_str(),
+            req: &req,
+        });
+    }
 
     let upgrading = target.protocol == Protocol::Http1 && is_upgrade(&req);
     let wire = Wire::choose(
@@ -525,7 +554,7 @@ async fn proxy(
                 };
                 tracing::debug!(failed = %endpoint.addr, next = %other.endpoint().addr, reason = error.reason(), "request sent to another endpoint");
                 retried = true;
-                *upstream = Some(other.endpoint().addr);
+                *upstream = Some(other.endpoint().clone());
                 inflight = other;
                 req = back;
             }

@@ -30,6 +30,9 @@ pub struct EndpointMeta {
     /// Relative share of requests (discovery's weight; 0 for static and DNS endpoints, which
     /// all weigh the same).
     pub weight: u32,
+    /// Discovery's metric labels for it (`namespace`, `service`, `pod`, ...), reported as
+    /// `dst_*` on the outbound families.
+    pub dst_labels: Vec<(String, String)>,
 }
 
 /// One address of a target, with its in-flight request count for balancing.
@@ -39,6 +42,8 @@ pub struct Endpoint {
     pub meta: EndpointMeta,
     /// The connections kept open to this address.
     pub pool: Arc<crate::upstream::EndpointPool>,
+    /// The outbound families' labels for it, made once.
+    pub labels: crate::metrics::EndpointLabels,
     outstanding: AtomicUsize,
     health: Health,
 }
@@ -66,6 +71,11 @@ fn clock_ms() -> u64 {
 impl Endpoint {
     pub fn new(addr: SocketAddr, meta: EndpointMeta) -> Self {
         Self {
+            labels: crate::metrics::EndpointLabels::new(
+                addr,
+                meta.identity.as_ref(),
+                &meta.dst_labels,
+            ),
             addr,
             meta,
             pool: Arc::default(),

@@ -16,14 +16,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
-use crate::{errors::ProxyError, routing::Endpoint};
+use crate::{errors::ProxyError, io::MeteredTcp, metrics::UpstreamConnMetrics, routing::Endpoint};
 
 /// TCP keep-alive probes start after this much silence, so a peer that vanished without a
 /// FIN (a node gone, a NAT entry dropped) is found and its pooled connection discarded.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 /// A connection to an endpoint: plaintext, or mTLS to a meshed workload.
-pub type UpstreamIo = Either<TcpStream, TlsStream<TcpStream>>;
+pub type UpstreamIo = Either<MeteredTcp, TlsStream<MeteredTcp>>;
 
 /// The ALPN a connection offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,7 +125,10 @@ impl Dialer {
         addr: SocketAddr,
         alpn: Alpn,
     ) -> Result<UpstreamIo, ProxyError> {
-        let tcp = self.connect(addr).await?;
+        let tcp = MeteredTcp::new(
+            self.connect(addr).await?,
+            UpstreamConnMetrics::opened(&endpoint.labels),
+        );
         let Some(server) = &endpoint.meta.identity else {
             return Ok(Either::Left(tcp));
         };

@@ -33,7 +33,12 @@ use self::{
     conn::{Outgoing, WriteError},
 };
 use super::{dial::Alpn, SendError, Shared};
-use crate::{body::CallerBody, errors::ProxyError, routing::Endpoint};
+use crate::{
+    body::CallerBody,
+    errors::ProxyError,
+    exchange::{self, Exchange},
+    routing::Endpoint,
+};
 
 #[doc(hidden)]
 pub use self::codec::fuzz_response;
@@ -395,8 +400,6 @@ enum Reader {
     Chunked(ChunkedState),
     /// Until the service closes.
     UntilClose,
-    /// Trailers were handed on; the end is next.
-    Trailed,
     Done,
 }
 
@@ -460,10 +463,6 @@ impl Http1Body {
                     self.release();
                     return Poll::Ready(None);
                 }
-                Reader::Trailed => {
-                    self.release();
-                    return Poll::Ready(None);
-                }
                 Reader::Length(left) => {
                     if !conn.rbuf.is_empty() {
                         let n = usize::try_from(*left)
@@ -491,7 +490,9 @@ impl Http1Body {
                 Reader::Chunked(state) => match codec::decode_chunk(state, &mut conn.rbuf) {
                     Ok(Some(Chunk::Data(d))) => return Poll::Ready(Some(Ok(Frame::data(d)))),
                     Ok(Some(Chunk::Trailers(t))) => {
-                        self.reader = Reader::Trailed;
+                        // The message is whole: the connection goes back now, and the
+                        // body reports its end (a server may not poll again).
+                        self.release();
                         return Poll::Ready(Some(Ok(Frame::trailers(t))));
                     }
                     Ok(Some(Chunk::End)) => {
@@ -528,7 +529,7 @@ impl Http1Body {
 
     fn size_hint(&self) -> SizeHint {
         match self.reader {
-            Reader::Done | Reader::Trailed => SizeHint::with_exact(0),
+            Reader::Done => SizeHint::with_exact(0),
             Reader::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
@@ -557,11 +558,17 @@ pub struct UpstreamBody {
     /// The caller's request stays open (for its connection's idle watchdog) until this body
     /// has been sent or dropped.
     held: Option<crate::context::Held>,
+    /// The request's record, ended with the body: bytes, trailers, how it ended.
+    record: Option<Exchange>,
 }
 
 impl UpstreamBody {
     fn new(inner: Inner) -> Self {
-        Self { inner, held: None }
+        Self {
+            inner,
+            held: None,
+            record: None,
+        }
     }
 
     pub(super) fn unpooled(inner: Incoming) -> Self {
@@ -573,6 +580,54 @@ impl UpstreamBody {
     pub fn hold(&mut self, held: crate::context::Held) {
         self.held = Some(held);
     }
+
+    /// Ends `record` when this body ends, or is dropped before its end.
+    pub fn record(&mut self, record: Exchange) {
+        self.record = Some(record);
+    }
+
+    fn observe(&mut self, frame: &Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>>) {
+        let end = self.inner_end();
+        let Some(record) = self.record.as_mut() else {
+            return;
+        };
+        match frame {
+            Poll::Pending => {}
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    record.data(d.len());
+                } else if let Some(t) = f.trailers_ref() {
+                    record.trailers(t);
+                }
+                if end {
+                    record.end(None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => record.end(Some(exchange::BODY_FAILED)),
+            Poll::Ready(None) => record.end(None),
+        }
+    }
+
+    fn inner_end(&self) -> bool {
+        match &self.inner {
+            Inner::Hyper(b) => b.is_end_stream(),
+            Inner::Http1(b) => b.is_end_stream(),
+        }
+    }
+}
+
+/// A body dropped before its end (the caller went away, or the server gave up on it) ends
+/// its record as failed.
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        let end = self.inner_end();
+        if let Some(record) = self.record.as_mut() {
+            if !record.is_ended() {
+                let error = (!end).then_some(exchange::CALLER_CANCELLED);
+                record.end(error);
+            }
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -583,17 +638,17 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        match &mut self.get_mut().inner {
+        let this = self.get_mut();
+        let frame = match &mut this.inner {
             Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Http1(b) => b.poll_frame(cx).map_err(Into::into),
-        }
+        };
+        this.observe(&frame);
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Hyper(b) => b.is_end_stream(),
-            Inner::Http1(b) => b.is_end_stream(),
-        }
+        self.inner_end()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -3,10 +3,16 @@
 //! gateway-specific families. Label values come from verified identities and routed names only,
 //! never from raw request input, so callers cannot grow the label space at will.
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Label};
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::errors::{ConnError, ConnErrorFamily};
+
+mod conn;
+mod http;
+
+pub use conn::{ConnMetrics, UpstreamConnMetrics};
+pub use http::{EndpointLabels, ExchangeHandles, Outcome};
 
 /// Linkerd's `response_latency_ms` bucket bounds.
 pub const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -31,121 +37,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
-}
-
-/// Per-connection handles and labels, made once after the handshake.
-pub struct ConnMetrics {
-    base: Vec<Label>,
-    pub read_bytes: Counter,
-    pub write_bytes: Counter,
-    open: Gauge,
-    close_errno: std::sync::Mutex<&'static str>,
-    cache: std::sync::Mutex<Option<RequestHandles>>,
-}
-
-impl ConnMetrics {
-    /// `local` is the address the caller dialled: Linkerd's `target_addr`.
-    pub fn accepted(client_id: &str, local: Option<std::net::SocketAddr>) -> Self {
-        let base = vec![
-            Label::new("direction", "inbound"),
-            Label::new(
-                "target_addr",
-                local.map(|a| a.to_string()).unwrap_or_default(),
-            ),
-            Label::new("tls", "true"),
-            Label::new("client_id", client_id.to_string()),
-        ];
-        let tcp = |name: &'static str| {
-            let mut l = base.clone();
-            l.insert(1, Label::new("peer", "src"));
-            (name, l)
-        };
-        let (n, l) = tcp("tcp_open_total");
-        counter!(n, l).increment(1);
-        let (n, l) = tcp("tcp_open_connections");
-        let open = gauge!(n, l);
-        open.increment(1.0);
-        let (n, l) = tcp("tcp_read_bytes_total");
-        let read_bytes = counter!(n, l);
-        let (n, l) = tcp("tcp_write_bytes_total");
-        let write_bytes = counter!(n, l);
-        Self {
-            base,
-            read_bytes,
-            write_bytes,
-            open,
-            close_errno: std::sync::Mutex::new(""),
-            cache: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Notes why the connection failed; reported as `errno` when it closes.
-    pub fn set_close_error(&self, errno: &'static str) {
-        if let Ok(mut e) = self.close_errno.lock() {
-            *e = errno;
-        }
-    }
-
-    /// One proxied (or refused) request. `authority` is the routed name, or empty.
-    pub fn request(&self, authority: &str, status: u16, latency: std::time::Duration) {
-        // A connection's requests nearly always share authority and status: reuse the handles
-        // rather than build, sort and hash labels for every request.
-        let mut cache = match self.cache.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let hit = cache
-            .as_ref()
-            .is_some_and(|h| h.status == status && &*h.authority == authority);
-        if !hit {
-            *cache = Some(self.handles(authority, status));
-        }
-        if let Some(h) = cache.as_ref() {
-            h.requests.increment(1);
-            h.latency.record(latency.as_secs_f64() * 1000.0);
-            h.responses.increment(1);
-        }
-    }
-
-    fn handles(&self, authority: &str, status: u16) -> RequestHandles {
-        let mut l = Vec::with_capacity(self.base.len() + 3);
-        l.push(self.base[0].clone());
-        l.push(Label::new("authority", authority.to_string()));
-        l.extend(self.base[1..].iter().cloned());
-        let requests = counter!("request_total", l.clone());
-        l.push(Label::new("status_code", status.to_string()));
-        let latency = histogram!("response_latency_ms", l.clone());
-        let class = if status >= 500 { "failure" } else { "success" };
-        l.push(Label::new("classification", class));
-        let responses = counter!("response_total", l);
-        RequestHandles {
-            authority: authority.into(),
-            status,
-            requests,
-            responses,
-            latency,
-        }
-    }
-}
-
-struct RequestHandles {
-    authority: Box<str>,
-    status: u16,
-    requests: Counter,
-    responses: Counter,
-    latency: metrics::Histogram,
-}
-
-/// Closing is recorded on drop so a cancelled connection task still balances the gauge.
-impl Drop for ConnMetrics {
-    fn drop(&mut self) {
-        self.open.decrement(1.0);
-        let errno = self.close_errno.lock().map(|e| *e).unwrap_or("");
-        let mut l = std::mem::take(&mut self.base);
-        l.insert(1, Label::new("peer", "src"));
-        l.push(Label::new("errno", errno));
-        counter!("tcp_close_total", l).increment(1);
-    }
 }
 
 pub fn http_error(error: &'static str) {

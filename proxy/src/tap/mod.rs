@@ -1,0 +1,373 @@
+//! Tap: live events for the requests a tapper selects, as Linkerd's proxies give them to
+//! `linkerd viz tap` (`io.linkerd.proxy.tap.Tap/Observe`, served by [`server`]) and to the
+//! gateway's own dashboard.
+//!
+//! Cost: a request pays one relaxed atomic load while nobody taps ([`Taps::is_idle`]). Events
+//! go through a bounded queue per tap: a tapper that reads slowly loses events (counted in
+//! `gateway_tap_events_dropped_total`), it never slows traffic.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Instant,
+};
+
+use http::{HeaderMap, Request};
+use identity::Identity;
+use linkerd2_proxy_api::{
+    http_types,
+    net::TcpAddress,
+    tap::{
+        eos,
+        tap_event::{self, http as th},
+        Eos, TapEvent,
+    },
+};
+use tokio::sync::mpsc;
+
+use crate::{body::CallerBody, routing::Endpoint};
+
+mod matcher;
+pub mod server;
+
+pub use matcher::{Match, MatchError};
+
+/// Events queued per tap before new ones are dropped.
+pub const QUEUE: usize = 1024;
+/// Taps open at once; the tap controller opens one per `viz tap` command.
+pub const MAX_TAPS: usize = 64;
+
+/// A request the tap sees, after it was routed and given an endpoint.
+pub struct TapRequest<'a> {
+    pub source: SocketAddr,
+    pub client_id: &'a Identity,
+    pub endpoint: &'a Arc<Endpoint>,
+    /// The routed service's name.
+    pub authority: &'a str,
+    /// As the caller sent it.
+    pub req: &'a Request<CallerBody>,
+}
+
+/// The open taps.
+#[derive(Default)]
+pub struct Taps {
+    /// How many are open: the one thing a request reads while none is.
+    active: AtomicUsize,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    next_id: AtomicU32,
+}
+
+/// One tapper's selection and queue.
+pub struct Session {
+    id: u32,
+    matcher: Option<Match>,
+    /// Whether events carry request and response headers (`extract`).
+    headers: bool,
+    /// Requests still to select; `None`: until the tapper goes (the dashboard).
+    remaining: Option<AtomicU32>,
+    streams: AtomicU64,
+    tx: mpsc::Sender<TapEvent>,
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OpenError {
+    #[error("tap limit must be at least 1")]
+    NoLimit,
+    #[error("{MAX_TAPS} taps are open already")]
+    TooMany,
+}
+
+impl Session {
+    /// Takes one of the remaining selections, if any are left.
+    fn take(&self) -> bool {
+        match &self.remaining {
+            None => true,
+            Some(r) => r
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
+
+    fn exhausted(&self) -> bool {
+        self.remaining
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Acquire) == 0)
+    }
+
+    fn send(&self, event: TapEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("gateway_tap_events_dropped_total").increment(1);
+        }
+    }
+
+    /// Events this tap lost to a full queue.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Closes its tap when the tapper's stream goes away.
+pub struct TapGuard {
+    taps: Arc<Taps>,
+    id: u32,
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        self.taps.close(self.id);
+    }
+}
+
+impl Taps {
+    /// Whether no tap is open: the request path's only cost while nobody taps.
+    #[inline]
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Relaxed) == 0
+    }
+
+    /// Opens a tap selecting `limit` requests (`None`: without end) that `matcher` selects.
+    /// Its events arrive on the receiver; dropping the guard closes it.
+    pub fn open(
+        self: &Arc<Self>,
+        limit: Option<u32>,
+        matcher: Option<Match>,
+        headers: bool,
+    ) -> Result<(mpsc::Receiver<TapEvent>, TapGuard), OpenError> {
+        if limit == Some(0) {
+            return Err(OpenError::NoLimit);
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.len() >= MAX_TAPS {
+            return Err(OpenError::TooMany);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        sessions.push(Arc::new(Session {
+            id,
+            matcher,
+            headers,
+            remaining: limit.map(AtomicU32::new),
+            streams: AtomicU64::new(0),
+            tx,
+            dropped: AtomicU64::new(0),
+        }));
+        self.active.store(sessions.len(), Ordering::Relaxed);
+        Ok((
+            rx,
+            TapGuard {
+                taps: self.clone(),
+                id,
+            },
+        ))
+    }
+
+    fn close(&self, id: u32) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|s| s.id != id);
+        self.active.store(sessions.len(), Ordering::Relaxed);
+    }
+
+    /// Offers a request to the open taps; `Some` when one selected it (its request-init
+    /// event has been queued).
+    pub fn observe(&self, r: &TapRequest<'_>) -> Option<Box<Tapped>> {
+        let open: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut sinks = Vec::new();
+        for s in open {
+            if s.matcher.as_ref().is_none_or(|m| m.matches(r)) && s.take() {
+                let stream = s.streams.fetch_add(1, Ordering::Relaxed);
+                if s.exhausted() {
+                    // Its last request: no new ones, and its stream ends once the requests
+                    // it holds have ended (they hold the last references to its queue).
+                    self.close(s.id);
+                }
+                sinks.push((s, stream));
+            }
+        }
+        if sinks.is_empty() {
+            return None;
+        }
+        let tapped = Box::new(Tapped::new(r, sinks));
+        tapped.request_init(r);
+        Some(tapped)
+    }
+}
+
+/// A request some taps selected: what their later events need.
+pub struct Tapped {
+    sinks: Vec<(Arc<Session>, u64)>,
+    /// Addresses and labels, the same on each of the request's events.
+    base: TapEvent,
+    request_init: Instant,
+    response_init: Option<Instant>,
+    trailers: Option<HeaderMap>,
+}
+
+fn tcp(addr: SocketAddr) -> TcpAddress {
+    TcpAddress {
+        ip: Some(addr.ip().into()),
+        port: u32::from(addr.port()),
+    }
+}
+
+fn header_list(h: &HeaderMap) -> http_types::Headers {
+    http_types::Headers {
+        headers: h
+            .iter()
+            .map(|(k, v)| http_types::headers::Header {
+                name: k.as_str().to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+fn duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+impl Tapped {
+    fn new(r: &TapRequest<'_>, sinks: Vec<(Arc<Session>, u64)>) -> Self {
+        let source_meta = HashMap::from([
+            ("tls".to_string(), "true".to_string()),
+            ("client_id".to_string(), r.client_id.as_str().to_string()),
+        ]);
+        let mut dst: HashMap<String, String> = r.endpoint.meta.dst_labels.iter().cloned().collect();
+        match &r.endpoint.meta.identity {
+            Some(id) => {
+                dst.insert("tls".into(), "true".into());
+                dst.insert("server_id".into(), id.as_str().to_string());
+            }
+            None => {
+                dst.insert("tls".into(), "no_identity".into());
+                dst.insert(
+                    "no_tls_reason".into(),
+                    "not_provided_by_service_discovery".into(),
+                );
+            }
+        }
+        Self {
+            sinks,
+            base: TapEvent {
+                source: Some(tcp(r.source)),
+                source_meta: Some(tap_event::EndpointMeta {
+                    labels: source_meta,
+                }),
+                route_meta: None,
+                destination: Some(tcp(r.endpoint.addr)),
+                destination_meta: Some(tap_event::EndpointMeta { labels: dst }),
+                // The gateway's forwarding side: the event describes its call to the service.
+                proxy_direction: tap_event::ProxyDirection::Outbound as i32,
+                event: None,
+            },
+            request_init: Instant::now(),
+            response_init: None,
+            trailers: None,
+        }
+    }
+
+    /// Sends one event to every tap that selected the request; `with_headers` builds the
+    /// event for a tap that asked for headers, `without` for one that did not.
+    fn emit(&self, make: impl Fn(th::StreamId, bool) -> th::Event) {
+        for (s, stream) in &self.sinks {
+            let id = th::StreamId {
+                base: s.id,
+                stream: *stream,
+            };
+            let mut ev = self.base.clone();
+            ev.event = Some(tap_event::Event::Http(tap_event::Http {
+                event: Some(make(id, s.headers)),
+            }));
+            s.send(ev);
+        }
+    }
+
+    fn request_init(&self, r: &TapRequest<'_>) {
+        let req = r.req;
+        let scheme = req
+            .uri()
+            .scheme()
+            .map(http_types::Scheme::from)
+            .unwrap_or_else(|| http_types::Scheme::from("https"));
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        self.emit(|id, headers| {
+            th::Event::RequestInit(th::RequestInit {
+                id: Some(id),
+                method: Some(req.method().clone().into()),
+                scheme: Some(scheme.clone()),
+                authority: r.authority.to_string(),
+                path: path.to_string(),
+                headers: headers.then(|| header_list(req.headers())),
+            })
+        });
+    }
+
+    pub fn response_init(&mut self, status: u16, headers: &HeaderMap) {
+        let now = Instant::now();
+        self.response_init = Some(now);
+        let since = duration(now - self.request_init);
+        self.emit(|id, with| {
+            th::Event::ResponseInit(th::ResponseInit {
+                id: Some(id),
+                since_request_init: Some(since),
+                http_status: u32::from(status),
+                headers: with.then(|| header_list(headers)),
+            })
+        });
+    }
+
+    pub fn trailers(&mut self, trailers: &HeaderMap) {
+        if self.sinks.iter().any(|(s, _)| s.headers) {
+            self.trailers = Some(trailers.clone());
+        }
+    }
+
+    /// `error`: the response stopped short (reported as a stream reset).
+    pub fn response_end(&mut self, bytes: u64, grpc_status: Option<u32>, error: Option<&str>) {
+        let now = Instant::now();
+        let since_req = duration(now - self.request_init);
+        let since_resp = duration(now - self.response_init.unwrap_or(now));
+        let eos = match (error, grpc_status) {
+            // INTERNAL_ERROR for a failed body, CANCEL for a caller that went away.
+            (Some(e), _) if e == crate::exchange::CALLER_CANCELLED => Some(Eos {
+                end: Some(eos::End::ResetErrorCode(0x8)),
+            }),
+            (Some(_), _) => Some(Eos {
+                end: Some(eos::End::ResetErrorCode(0x2)),
+            }),
+            (None, Some(g)) => Some(Eos::from_grpc_status(g)),
+            (None, None) => None,
+        };
+        let trailers = self.trailers.take();
+        self.emit(|id, with| {
+            th::Event::ResponseEnd(th::ResponseEnd {
+                id: Some(id),
+                since_request_init: Some(since_req),
+                since_response_init: Some(since_resp),
+                response_bytes: bytes,
+                eos: eos.clone(),
+                trailers: if with {
+                    trailers.as_ref().map(header_list)
+                } else {
+                    None
+                },
+            })
+        });
+    }
+}
