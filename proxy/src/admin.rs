@@ -205,7 +205,7 @@ impl Admin {
                     };
                     let resp = admin.respond(&req);
                     if let Some(m) = counted {
-                        let h = m.exchange("", resp.status().as_u16(), None, "");
+                        let h = m.exchange("", resp.status().as_u16(), None);
                         h.responded(start.elapsed());
                         h.ended(Outcome::Ended { grpc_status: None });
                     }

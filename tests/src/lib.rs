@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 pub use control_plane as control;
 pub mod load;
 pub mod mesh;
+pub mod viz;
 
 pub const GATEWAY_ID: &str =
     "linkerd-gateway.linkerd-multicluster.serviceaccount.identity.linkerd.cluster.local";
@@ -454,10 +455,8 @@ async fn backend_handle(
                     frames.into_iter(),
                 ))));
                 // Over HTTP/1.1 hyper sends only the trailer fields this announces.
-                r.headers_mut().insert(
-                    "trailer",
-                    "grpc-status, grpc-message".parse().expect("hv"),
-                );
+                r.headers_mut()
+                    .insert("trailer", "grpc-status, grpc-message".parse().expect("hv"));
                 r
             };
             r.headers_mut()

@@ -351,12 +351,23 @@ async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
     }
     eprintln!(
         "rss growth after they left: {after} KiB; open {}",
-        metric(&gw.metrics(), "tcp_open_connections", &[])
+        metric(
+            &gw.metrics(),
+            "tcp_open_connections",
+            &[("direction", "inbound")]
+        )
     );
     // Every connection and stream they held is gone; how soon freed pages go back to the
     // kernel is the allocator's business (mimalloc returns them as its threads work, about
     // half within seconds in most runs), so only "no further growth" is asserted.
-    assert_eq!(metric(&gw.metrics(), "tcp_open_connections", &[]), 1);
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "tcp_open_connections",
+            &[("direction", "inbound")]
+        ),
+        1
+    );
     assert!(
         after <= with_uploads + 4 * 1024,
         "{after} KiB held after the callers left, {with_uploads} KiB at the peak"

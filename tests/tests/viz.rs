@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
-use e2e::{control::*, mesh::MeshedWorkload, *};
+use e2e::{viz::*, *};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -15,87 +15,7 @@ use linkerd2_proxy_api::tap::{
     tap_event, ObserveRequest, TapEvent,
 };
 
-const WEB: &str = "web-svc.emojivoto.svc.cluster.local:80";
-const WEB_ID: &str = "web.emojivoto.serviceaccount.identity.linkerd.cluster.local";
-const EMOJI: &str = "emoji-svc.emojivoto.svc.cluster.local:8080";
 const TAP_ID: &str = "tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local";
-
-/// web-svc: one meshed endpoint; emoji-svc: one plaintext endpoint answering gRPC-shaped
-/// calls with the status asked for.
-async fn mesh(fx: &Fixture, extra: &[&str]) -> (Gateway, MeshedWorkload, DestinationStub) {
-    let web = MeshedWorkload::start(&fx.pki, WEB_ID, false).await;
-    let emoji = backend().await;
-    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
-    dst.set(
-        WEB,
-        DestinationAnswer::Endpoints(vec![StubEndpoint {
-            addr: web.addr,
-            identity: Some(WEB_ID.to_string()),
-            http2: false,
-            opaque_transport: None,
-        }]),
-    );
-    dst.set(
-        EMOJI,
-        DestinationAnswer::Endpoints(vec![StubEndpoint::plain(emoji)]),
-    );
-    let mut args = vec!["--destination-svc-addr".to_string(), dst.addr.to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let gw = Gateway::start(fx, &args);
-    (gw, web, dst)
-}
-
-type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-
-async fn call(send: &mut H2, authority: &str, path: &str, grpc: bool) -> StatusCode {
-    let mut req = Request::post(format!("http://{authority}{path}"));
-    if grpc {
-        req = req
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-    }
-    let resp = send
-        .send_request(
-            req.body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-                .unwrap(),
-        )
-        .await
-        .expect("response");
-    let status = resp.status();
-    resp.into_body().collect().await.expect("body");
-    status
-}
-
-/// Traffic with known outcomes: `web` plain requests to web-svc, and to emoji-svc gRPC calls:
-/// `ok` with status 0, `unavailable` with 14 in trailers, `denied` trailers-only with 7.
-struct Traffic {
-    web: u64,
-    ok: u64,
-    unavailable: u64,
-    denied: u64,
-}
-
-async fn send(send: &mut H2, t: &Traffic) {
-    for _ in 0..t.web {
-        assert_eq!(call(send, WEB, "/", false).await, StatusCode::OK);
-    }
-    for _ in 0..t.ok {
-        assert_eq!(call(send, EMOJI, "/grpc", true).await, StatusCode::OK);
-    }
-    for _ in 0..t.unavailable {
-        assert_eq!(
-            call(send, EMOJI, "/grpc?status=14", true).await,
-            StatusCode::OK
-        );
-    }
-    for _ in 0..t.denied {
-        assert_eq!(
-            call(send, EMOJI, "/grpc?status=7&only=1", true).await,
-            StatusCode::OK
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_families_carry_discovery_labels_and_grpc_failures_count_as_failures() {
@@ -377,7 +297,7 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
     let mut ends = Vec::new();
     for e in &got {
         let src = e.source.as_ref().expect("source");
-        assert_eq!(src.port > 0, true);
+        assert!(src.port > 0);
         let src_meta = &e.source_meta.as_ref().expect("source meta").labels;
         assert_eq!(
             src_meta.get("client_id").map(String::as_str),
@@ -402,7 +322,7 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
             tap_event::http::Event::ResponseInit(r) => assert_eq!(r.http_status, 200),
             tap_event::http::Event::ResponseEnd(r) => {
                 assert!(r.response_bytes > 0);
-                ends.push(r.eos.clone().and_then(|e| e.end));
+                ends.push(r.eos.and_then(|e| e.end));
             }
         }
     }

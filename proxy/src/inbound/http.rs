@@ -338,12 +338,16 @@ async fn handle(gw: Arc<Gateway>, conn: Arc<HttpConn>, req: Request<CallerBody>)
         .and_then(|t| t.metric_name())
         .map(Authority::as_str)
         .unwrap_or("");
-    let handles = conn.ctx.metrics.exchange(
-        metric_name,
-        resp.status().as_u16(),
-        upstream.as_ref().map(|e| &e.labels),
-        routed_name(&routed),
-    );
+    // The outbound side is labelled with the endpoint, so it follows the same rule: no
+    // series for a name that has not answered (a caller could otherwise mint them by port).
+    let endpoint = upstream
+        .as_ref()
+        .filter(|_| !metric_name.is_empty())
+        .map(|e| &e.labels);
+    let handles = conn
+        .ctx
+        .metrics
+        .exchange(metric_name, resp.status().as_u16(), endpoint);
     let access = gw.access_log.then(|| {
         Box::new(AccessLine {
             client_id: conn.ctx.client_id.clone(),

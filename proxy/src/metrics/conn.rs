@@ -76,25 +76,20 @@ impl ConnMetrics {
     }
 
     /// The handles for a request on this connection. `authority`: the routed name once it
-    /// has answered, else empty; `endpoint`: the endpoint it went to, if one was picked,
-    /// and `endpoint_authority` the name it was picked for.
+    /// has answered, else empty; `endpoint`: the endpoint it went to, counted on the
+    /// outbound side.
     pub fn exchange(
         &self,
         authority: &str,
         status: u16,
         endpoint: Option<&EndpointLabels>,
-        endpoint_authority: &str,
     ) -> Arc<ExchangeHandles> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         match cache.as_ref() {
             Some(h) if h.matches(authority, status, endpoint) => h.clone(),
             _ => {
                 let h = Arc::new(ExchangeHandles::new(
-                    &self.base,
-                    authority,
-                    status,
-                    endpoint,
-                    endpoint_authority,
+                    &self.base, authority, status, endpoint,
                 ));
                 *cache = Some(h.clone());
                 h

@@ -207,15 +207,13 @@ impl ExchangeHandles {
         authority: &str,
         status: u16,
         endpoint: Option<&EndpointLabels>,
-        endpoint_authority: &str,
     ) -> Self {
         Self {
             authority: authority.into(),
             status,
             endpoint: endpoint.cloned(),
             inbound: Side::new(inbound_base.iter().cloned(), authority, status),
-            outbound: endpoint
-                .map(|e| Side::new(e.labels().iter().cloned(), endpoint_authority, status)),
+            outbound: endpoint.map(|e| Side::new(e.labels().iter().cloned(), authority, status)),
         }
     }
 

@@ -361,7 +361,7 @@ impl Tapped {
                 since_request_init: Some(since_req),
                 since_response_init: Some(since_resp),
                 response_bytes: bytes,
-                eos: eos.clone(),
+                eos,
                 trailers: if with {
                     trailers.as_ref().map(header_list)
                 } else {
