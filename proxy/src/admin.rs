@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -21,6 +21,7 @@ use hyper_util::{
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::{
+    dashboard::{AdminBody, Dashboard},
     drain::Drain,
     errors::ConnError,
     listener::{Accepted, Listener},
@@ -64,7 +65,10 @@ impl Surface {
 
     fn serves(self, path: &str) -> bool {
         match self {
-            Surface::Admin => matches!(path, "/ready" | "/live" | "/metrics"),
+            Surface::Admin => matches!(
+                path,
+                "/ready" | "/live" | "/metrics" | "/dashboard" | "/dashboard/events"
+            ),
             Surface::Probe => path == "/ready",
         }
     }
@@ -81,6 +85,8 @@ pub struct Admin {
     /// Renders of `/metrics` at once: each holds the whole page in memory, so concurrent
     /// scrapes must not multiply it.
     pub renders: Arc<tokio::sync::Semaphore>,
+    /// The live dashboard; `None` on the probe surface.
+    pub dashboard: Option<Arc<Dashboard>>,
 }
 
 /// Concurrent `/metrics` renders per process.
@@ -89,7 +95,7 @@ pub const MAX_RENDERS: usize = 2;
 impl Admin {
     /// The response, marked with `l5d-orig-proto` when a meshed caller's proxy upgraded the
     /// request from HTTP/1 (the probe arrives that way), so it can restore the version.
-    pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub fn respond<B>(&self, req: &Request<B>) -> Response<AdminBody> {
         let mut resp = self.route(req);
         if req.headers().contains_key("l5d-orig-proto") {
             resp.headers_mut().insert(
@@ -100,9 +106,10 @@ impl Admin {
         resp
     }
 
-    fn route<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    fn route<B>(&self, req: &Request<B>) -> Response<AdminBody> {
         let text = |status: StatusCode, body: &'static str| {
-            let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            let mut r =
+                Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync());
             *r.status_mut() = status;
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -124,8 +131,14 @@ impl Admin {
             "/ready" if self.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
             "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             "/live" => text(StatusCode::OK, "live\n"),
+            "/dashboard" | "/dashboard/events" => match &self.dashboard {
+                Some(_) if path == "/dashboard" => Dashboard::page(),
+                Some(d) => d.events(),
+                None => text(StatusCode::NOT_FOUND, ""),
+            },
             _ => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                let mut r =
+                    Response::new(Full::new(Bytes::from(self.metrics.render())).boxed_unsync());
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -275,6 +288,7 @@ mod tests {
             identity: identity::Identity::parse(gw).unwrap(),
             handshake_timeout: std::time::Duration::from_secs(1),
             renders: Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS)),
+            dashboard: None,
         };
         let get = |path: &str| Request::get(path).body(()).unwrap();
         assert_eq!(
@@ -300,7 +314,14 @@ mod tests {
         admin.surface = Surface::Probe;
         admin.readiness.set(true);
         assert_eq!(admin.respond(&get("/ready")).status(), StatusCode::OK);
-        for path in ["/live", "/metrics", "/", "/ready/"] {
+        for path in [
+            "/live",
+            "/metrics",
+            "/",
+            "/ready/",
+            "/dashboard",
+            "/dashboard/events",
+        ] {
             assert_eq!(
                 admin.respond(&get(path)).status(),
                 StatusCode::NOT_FOUND,

@@ -21,6 +21,7 @@ mod body;
 mod cert_source;
 pub mod config;
 mod context;
+mod dashboard;
 mod decimal;
 mod discovery;
 mod drain;
@@ -267,6 +268,14 @@ pub async fn start(
 
     let readiness = Arc::new(Readiness::default());
     let renders = Arc::new(tokio::sync::Semaphore::new(admin::MAX_RENDERS));
+    let dashboard = Arc::new(dashboard::Dashboard {
+        metrics: metrics.clone(),
+        taps: taps.clone(),
+        drain: drain.clone(),
+        identity: own_id.clone(),
+        viewers: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_VIEWERS)),
+        renders: renders.clone(),
+    });
     let admin_on = |surface| {
         Arc::new(Admin {
             surface,
@@ -276,6 +285,7 @@ pub async fn start(
             identity: own_id.clone(),
             handshake_timeout: cfg.handshake_timeout,
             renders: renders.clone(),
+            dashboard: (surface == admin::Surface::Admin).then(|| dashboard.clone()),
         })
     };
     let admin = admin_on(admin::Surface::Admin);

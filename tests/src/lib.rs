@@ -18,6 +18,7 @@ use identity::{Identity, LeafOptions, Pki, Validity};
 use tokio::net::TcpListener;
 
 pub use control_plane as control;
+pub mod browser;
 pub mod load;
 pub mod mesh;
 pub mod viz;

@@ -71,7 +71,8 @@ pub struct Session {
     remaining: Option<AtomicU32>,
     streams: AtomicU64,
     tx: mpsc::Sender<TapEvent>,
-    dropped: AtomicU64,
+    /// Shared with the tapper's guard, which reports it.
+    dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,17 +106,20 @@ impl Session {
             metrics::counter!("gateway_tap_events_dropped_total").increment(1);
         }
     }
-
-    /// Events this tap lost to a full queue.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 /// Closes its tap when the tapper's stream goes away.
 pub struct TapGuard {
     taps: Arc<Taps>,
     id: u32,
+    dropped: Arc<AtomicU64>,
+}
+
+impl TapGuard {
+    /// Events this tap lost to a full queue.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for TapGuard {
@@ -148,6 +152,7 @@ impl Taps {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
         sessions.push(Arc::new(Session {
             id,
             matcher,
@@ -155,7 +160,7 @@ impl Taps {
             remaining: limit.map(AtomicU32::new),
             streams: AtomicU64::new(0),
             tx,
-            dropped: AtomicU64::new(0),
+            dropped: dropped.clone(),
         }));
         self.active.store(sessions.len(), Ordering::Relaxed);
         Ok((
@@ -163,6 +168,7 @@ impl Taps {
             TapGuard {
                 taps: self.clone(),
                 id,
+                dropped,
             },
         ))
     }
