@@ -242,7 +242,8 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
         })
         .await
         .expect_err("only the tap controller may tap");
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "Unauthorized client");
 
     let mut tapper = tap_client(&fx, control, "tap").await;
     let bad = tapper

@@ -29,6 +29,9 @@ const DEBIAN: &[(&str, &str)] = &[
     ("prlimit", "util-linux"),
     ("ip", "iproute2"),
     ("kubectl", "kubectl"),
+    // The viz queries run by a real Prometheus; the dashboard loads in a real browser.
+    ("prometheus", "prometheus"),
+    ("chromium", "chromium"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -156,6 +156,21 @@ fn gateway_service_has_what_link_reads() {
         env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR").as_deref(),
         Some("0.0.0.0:4191")
     );
+    // Tap: viz's tap server finds a tap-enabled pod and calls its control port as its own
+    // identity; the Service publishes neither.
+    assert_eq!(named("linkerd-tap"), Some(4190));
+    assert_eq!(
+        env("LINKERD2_PROXY_CONTROL_LISTEN_ADDR").as_deref(),
+        Some("0.0.0.0:4190")
+    );
+    assert_eq!(
+        env("LINKERD2_PROXY_TAP_SVC_NAME").as_deref(),
+        Some("tap.linkerd-viz.serviceaccount.identity.linkerd.cluster.local")
+    );
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"]["viz.linkerd.io/tap-enabled"],
+        "true"
+    );
     assert!(
         find(&objs, "ServiceAccount", "linkerd-gateway").is_some(),
         "the identity comes from this SA"
@@ -191,7 +206,7 @@ fn gateway_deployment_is_hardened_and_probed() {
         .iter()
         .map(|p| p["containerPort"].as_i64().unwrap())
         .collect();
-    assert_eq!(ports, [4143, 4191, 4181]);
+    assert_eq!(ports, [4143, 4191, 4181, 4190]);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 4191);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");

@@ -1,7 +1,7 @@
 //! The control port (4190): `io.linkerd.proxy.tap.Tap/Observe` over mTLS, for viz's tap
 //! controller alone. Any other identity completes the handshake (its certificate chains to
-//! the trust anchors) and is answered `PERMISSION_DENIED` on every call; a caller without a
-//! certificate is refused in the handshake.
+//! the trust anchors) and is answered `UNAUTHENTICATED "Unauthorized client"` on every call,
+//! as Linkerd's proxy answers; a caller without a certificate is refused in the handshake.
 
 use std::{
     pin::Pin,
@@ -115,8 +115,8 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for ControlSer
         match self {
             ControlService::Tap(api) => api.call(req),
             ControlService::Denied(caller) => {
-                let status =
-                    tonic::Status::permission_denied(format!("{caller} may not tap this gateway"));
+                tracing::debug!(client_id = %caller, "tap call refused");
+                let status = tonic::Status::unauthenticated("Unauthorized client");
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
