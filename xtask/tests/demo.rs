@@ -79,6 +79,18 @@ fn run_demo(netns: &str) -> String {
         ),
         "{stdout}"
     );
+    // viz's edge from the gateway to the workload, and where the dashboard is.
+    let forwarded = stdout
+        .split("gateway forwarded")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        forwarded.contains(
+            "server_id=web.emojivoto.serviceaccount.identity.linkerd.cluster.local requests="
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/dashboard"), "{stdout}");
     // Every process the demo started was stopped.
     assert_none_running(&demo_dir.display().to_string());
     assert_none_running("xtask (web-svc|vote-bot|wan|control-plane) ");

@@ -303,14 +303,21 @@ fn follow_tap(
 }
 
 /// Caller identities and request counts from the gateway's `request_total` series.
-fn callers_seen(metrics: &str) -> Vec<(String, u64)> {
+fn label<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(&format!("{key}=\""))
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+}
+
+/// `request_total` summed by `key`, over the series of one `direction`.
+fn requests_by(metrics: &str, direction: &str, key: &str) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
-    for l in metrics.lines().filter(|l| l.starts_with("request_total{")) {
-        let id = l
-            .split("client_id=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("");
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("request_total{") && label(l, "direction") == direction)
+    {
+        let id = label(l, key);
         let n = l
             .rsplit(' ')
             .next()
@@ -616,16 +623,31 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
         humantime::format_duration(opts.rtt)
     );
     println!("    gateway saw:");
-    for (id, n) in callers_seen(&metrics) {
+    for (id, n) in requests_by(&metrics, "inbound", "client_id") {
         println!("      client_id={id} tls=true requests={n}");
     }
+    println!("    gateway forwarded (viz's edge: direction=outbound, by the workload's identity):");
+    for (id, n) in requests_by(&metrics, "outbound", "server_id") {
+        println!("      server_id={id} requests={n}");
+    }
     println!("    web-svc's proxy saw (the in-cluster hop, mTLS):");
-    for (id, n) in callers_seen(&web_metrics) {
+    for (id, n) in requests_by(&web_metrics, "inbound", "client_id") {
         println!("      client_id={id} tls=true requests={n}");
     }
     println!(
         "    metrics:       {}curl http://{admin}/metrics",
         layout.shell_prefix(east)
+    );
+    println!(
+        "    dashboard:     http://{admin}/dashboard{}",
+        if layout.netns.is_some() {
+            format!(
+                " (east's namespace: {}chromium --no-sandbox http://{admin}/dashboard)",
+                layout.shell_prefix(east)
+            )
+        } else {
+            String::new()
+        }
     );
     println!("    logs:          {}", dir.display());
 
@@ -644,6 +666,9 @@ pub fn run_local(opts: LocalOptions) -> anyhow::Result<()> {
             layout.probe
         );
         println!("    {e}curl -s http://{admin}/metrics | grep ^request_total");
+        println!(
+            "    {e}curl -sN http://{admin}/dashboard/events   # what the dashboard page streams"
+        );
         while !interrupted.load(std::sync::atomic::Ordering::SeqCst) {
             if let Some((name, status)) = procs.exited() {
                 if name != "vote-bot" {
