@@ -22,6 +22,54 @@ pub fn upstream_response(data: &[u8]) {
     crate::upstream::fuzz_http1_response(data)
 }
 
+/// A tap request as the tap controller sends it (protobuf): the match is compiled and, when
+/// accepted, evaluated against requests from IPv4 and IPv6 callers to a labelled endpoint.
+/// Returns whether it compiled.
+pub fn tap_match(data: &[u8]) -> bool {
+    use prost::Message;
+    let Ok(req) = linkerd2_proxy_api::tap::ObserveRequest::decode(data) else {
+        return false;
+    };
+    let Ok(Some(m)) = crate::tap::Match::compile(req.r#match) else {
+        return false;
+    };
+    let endpoint = std::sync::Arc::new(crate::routing::Endpoint::new(
+        "10.1.2.3:8080".parse().expect("addr"),
+        crate::routing::EndpointMeta {
+            dst_labels: vec![
+                ("namespace".into(), "emojivoto".into()),
+                ("service".into(), "web-svc".into()),
+            ],
+            ..Default::default()
+        },
+    ));
+    let client_id = identity::Identity::parse(
+        "vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local",
+    )
+    .expect("identity");
+    let headers = HeaderMap::new();
+    let uri: http::Uri = "http://web-svc.emojivoto.svc.cluster.local/api/list?x=1"
+        .parse()
+        .expect("uri");
+    for source in [
+        "192.0.2.1:40000",
+        "[2001:db8::1]:40000",
+        "[::ffff:192.0.2.1]:1",
+    ] {
+        let r = crate::tap::TapRequest {
+            source: source.parse().expect("addr"),
+            client_id: &client_id,
+            endpoint: &endpoint,
+            authority: "web-svc.emojivoto.svc.cluster.local:80",
+            method: &http::Method::GET,
+            uri: &uri,
+            headers: &headers,
+        };
+        let _ = m.matches(&r);
+    }
+    true
+}
+
 /// `l5d-orig-proto`'s value as the gateway reads it.
 pub fn orig_proto(value: &[u8]) -> Option<Version> {
     HeaderValue::from_bytes(value)

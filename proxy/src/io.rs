@@ -1,6 +1,6 @@
-//! I/O wrappers: [`CountingIo`] counts bytes each way into Prometheus counters and notes the
-//! connection's [`Activity`] for its watchdog; [`MeteredTcp`] counts an upstream connection's
-//! bytes; [`WriteBatch`] gathers writes until a flush.
+//! I/O wrappers: [`Metered`] counts bytes each way, for a caller's connection
+//! ([`CountingIo`]: Prometheus counters and the connection's [`Activity`] for its watchdog) or
+//! a connection to an endpoint ([`MeteredTcp`]); [`WriteBatch`] gathers writes until a flush.
 
 use std::{
     io,
@@ -14,10 +14,30 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{metrics::UpstreamConnMetrics, watchdog::Activity};
 
-/// Counts bytes read and written. Before counters are attached (the TLS handshake, when the
-/// caller's identity, and so the labels, are not known yet) it keeps running totals.
-pub struct CountingIo<T> {
+/// What a [`Metered`] stream reports its bytes to.
+pub trait Meter {
+    fn read(&mut self, n: usize);
+    /// Every write's outcome, pending included (the watchdog notes blocked writers).
+    fn wrote(&mut self, res: &Poll<io::Result<usize>>);
+}
+
+/// A stream whose bytes each way go to its [`Meter`].
+pub struct Metered<T, M> {
     inner: T,
+    meter: M,
+}
+
+/// A caller's connection: bytes counted into its `tcp_*` counters and noted as activity for
+/// its watchdog.
+pub type CountingIo<T> = Metered<T, CallerMeter>;
+
+/// A connection to an endpoint, counted in the outbound `tcp_*` families for as long as it
+/// lives (its gauge and close count are kept by the metrics it owns).
+pub type MeteredTcp = Metered<tokio::net::TcpStream, UpstreamConnMetrics>;
+
+/// Before counters are attached (the TLS handshake, when the caller's identity, and so the
+/// labels, are not known yet) it keeps running totals.
+pub struct CallerMeter {
     counters: Option<(Counter, Counter)>,
     pending_read: u64,
     pending_write: u64,
@@ -28,17 +48,30 @@ impl<T> CountingIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self {
             inner,
-            counters: None,
-            pending_read: 0,
-            pending_write: 0,
-            activity,
+            meter: CallerMeter {
+                counters: None,
+                pending_read: 0,
+                pending_write: 0,
+                activity,
+            },
         }
     }
 
     pub fn attach(&mut self, read: Counter, write: Counter) {
-        read.increment(std::mem::take(&mut self.pending_read));
-        write.increment(std::mem::take(&mut self.pending_write));
-        self.counters = Some((read, write));
+        let m = &mut self.meter;
+        read.increment(std::mem::take(&mut m.pending_read));
+        write.increment(std::mem::take(&mut m.pending_write));
+        m.counters = Some((read, write));
+    }
+}
+
+impl Meter for CallerMeter {
+    fn read(&mut self, n: usize) {
+        self.activity.moved(n);
+        match &self.counters {
+            Some((r, _)) => r.increment(n as u64),
+            None => self.pending_read += n as u64,
+        }
     }
 
     fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
@@ -58,74 +91,28 @@ impl<T> CountingIo<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.activity.moved(n as usize);
-            match &self.counters {
-                Some((r, _)) => r.increment(n),
-                None => self.pending_read += n,
-            }
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(&res);
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(&res);
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A connection to an endpoint, counted in the outbound `tcp_*` families for as long as it
-/// lives (its gauge and close count are kept by the metrics it owns).
-pub struct MeteredTcp {
-    inner: tokio::net::TcpStream,
-    metrics: UpstreamConnMetrics,
-}
-
 impl MeteredTcp {
     pub fn new(inner: tokio::net::TcpStream, metrics: UpstreamConnMetrics) -> Self {
-        Self { inner, metrics }
+        Self {
+            inner,
+            meter: metrics,
+        }
     }
 }
 
-impl AsyncRead for MeteredTcp {
+impl Meter for UpstreamConnMetrics {
+    fn read(&mut self, n: usize) {
+        self.read_bytes.increment(n as u64);
+    }
+
+    fn wrote(&mut self, res: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = res {
+            self.write_bytes.increment(*n as u64);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin, M: Meter + Unpin> AsyncRead for Metered<T, M> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,24 +120,22 @@ impl AsyncRead for MeteredTcp {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
+        let n = buf.filled().len() - before;
         if n > 0 {
-            self.metrics.read_bytes.increment(n);
+            self.meter.read(n);
         }
         res
     }
 }
 
-impl AsyncWrite for MeteredTcp {
+impl<T: AsyncWrite + Unpin, M: Meter + Unpin> AsyncWrite for Metered<T, M> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            self.metrics.write_bytes.increment(n as u64);
-        }
+        self.meter.wrote(&res);
         res
     }
 
@@ -160,9 +145,7 @@ impl AsyncWrite for MeteredTcp {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            self.metrics.write_bytes.increment(n as u64);
-        }
+        self.meter.wrote(&res);
         res
     }
 

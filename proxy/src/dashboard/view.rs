@@ -131,6 +131,17 @@ fn quantile(q: f64, buckets: &[f64]) -> Option<f64> {
     Some(lo + (hi - lo) * (rank - below) / inside)
 }
 
+/// The refusal families: what the table calls each, and the label holding the reason.
+fn refusal_kind(family: &str) -> Option<(&'static str, &'static str)> {
+    Some(match family {
+        "gateway_connections_refused_total" => ("connection", "reason"),
+        "gateway_tls_handshake_failures_total" => ("handshake", "reason"),
+        "inbound_tcp_errors_total" => ("transport", "error"),
+        "inbound_http_errors_total" => ("request", "error"),
+        _ => return None,
+    })
+}
+
 fn caller_entry<'a>(callers: &'a mut HashMap<String, Caller>, id: &str) -> &'a mut Caller {
     callers.entry(id.to_string()).or_insert_with(|| Caller {
         caller: id.to_string(),
@@ -205,26 +216,14 @@ impl History {
                         .entry(s.label("target_addr").to_string())
                         .or_default() += s.value as u64;
                 }
-                "gateway_connections_refused_total" => refusals.push(Refusal {
-                    kind: "connection",
-                    reason: s.label("reason").to_string(),
-                    count: s.value as u64,
-                }),
-                "gateway_tls_handshake_failures_total" => refusals.push(Refusal {
-                    kind: "handshake",
-                    reason: s.label("reason").to_string(),
-                    count: s.value as u64,
-                }),
-                "inbound_tcp_errors_total" => refusals.push(Refusal {
-                    kind: "transport",
-                    reason: s.label("error").to_string(),
-                    count: s.value as u64,
-                }),
-                "inbound_http_errors_total" => refusals.push(Refusal {
-                    kind: "request",
-                    reason: s.label("error").to_string(),
-                    count: s.value as u64,
-                }),
+                name if refusal_kind(name).is_some() => {
+                    let (kind, label) = refusal_kind(name).unwrap_or(("", ""));
+                    refusals.push(Refusal {
+                        kind,
+                        reason: s.label(label).to_string(),
+                        count: s.value as u64,
+                    })
+                }
                 "identity_cert_expiration_timestamp_seconds" => certificates.push(Certificate {
                     identity: s.label("identity").to_string(),
                     expires_unix: s.value as i64,
@@ -319,7 +318,7 @@ impl History {
         endpoints.sort_by(|a, b| (&a.service, &a.addr).cmp(&(&b.service, &b.addr)));
         endpoints.truncate(4 * TOP);
         refusals.retain(|r| r.count > 0);
-        refusals.sort_by(|a, b| b.count.cmp(&a.count));
+        refusals.sort_by_key(|r| std::cmp::Reverse(r.count));
         refusals.truncate(TOP);
         View {
             flows,

@@ -478,7 +478,9 @@ async fn proxy(
             client_id: &ctx.client_id,
             endpoint,
             authority: target.name.as_str(),
-            req: &req,
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
         });
     }
 

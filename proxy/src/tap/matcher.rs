@@ -173,10 +173,10 @@ impl Match {
                 .iter()
                 .any(|(k, v)| k == key && v == value),
             Match::RouteLabel => false,
-            Match::Scheme(s) => r.req.uri().scheme_str().unwrap_or("https") == s,
-            Match::Method(m) => r.req.method() == m,
+            Match::Scheme(s) => r.uri.scheme_str().unwrap_or("https") == s,
+            Match::Method(m) => r.method == m,
             Match::Authority(t) => t.matches(r.authority),
-            Match::Path(t) => t.matches(r.req.uri().path()),
+            Match::Path(t) => t.matches(r.uri.path()),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderMap, Request};
+use http::HeaderMap;
 use identity::Identity;
 use linkerd2_proxy_api::{
     http_types,
@@ -29,7 +29,7 @@ use linkerd2_proxy_api::{
 };
 use tokio::sync::mpsc;
 
-use crate::{body::CallerBody, routing::Endpoint};
+use crate::routing::Endpoint;
 
 mod matcher;
 pub mod server;
@@ -48,8 +48,10 @@ pub struct TapRequest<'a> {
     pub endpoint: &'a Arc<Endpoint>,
     /// The routed service's name.
     pub authority: &'a str,
-    /// As the caller sent it.
-    pub req: &'a Request<CallerBody>,
+    /// The request as the caller sent it.
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
 }
 
 /// The open taps.
@@ -301,25 +303,20 @@ impl Tapped {
     }
 
     fn request_init(&self, r: &TapRequest<'_>) {
-        let req = r.req;
-        let scheme = req
-            .uri()
+        let scheme = r
+            .uri
             .scheme()
             .map(http_types::Scheme::from)
             .unwrap_or_else(|| http_types::Scheme::from("https"));
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let path = r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         self.emit(|id, headers| {
             th::Event::RequestInit(th::RequestInit {
                 id: Some(id),
-                method: Some(req.method().clone().into()),
+                method: Some(r.method.clone().into()),
                 scheme: Some(scheme.clone()),
                 authority: r.authority.to_string(),
                 path: path.to_string(),
-                headers: headers.then(|| header_list(req.headers())),
+                headers: headers.then(|| header_list(r.headers)),
             })
         });
     }
@@ -375,5 +372,101 @@ impl Tapped {
                 },
             })
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::EndpointMeta;
+    use linkerd2_proxy_api::tap::observe_request::{
+        self,
+        r#match::{self as pm, http as ph},
+    };
+
+    fn endpoint() -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            "10.1.2.3:8080".parse().unwrap(),
+            EndpointMeta {
+                dst_labels: vec![("service".into(), "web-svc".into())],
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn offer(taps: &Taps, endpoint: &Arc<Endpoint>, path: &str) -> Option<Box<Tapped>> {
+        let id =
+            Identity::parse("vote-bot.emojivoto.serviceaccount.identity.linkerd.cluster.local")
+                .unwrap();
+        let uri: http::Uri = path.parse().unwrap();
+        taps.observe(&TapRequest {
+            source: "192.0.2.1:40000".parse().unwrap(),
+            client_id: &id,
+            endpoint,
+            authority: "web-svc.emojivoto.svc.cluster.local:80",
+            method: &http::Method::GET,
+            uri: &uri,
+            headers: &HeaderMap::new(),
+        })
+    }
+
+    fn m(inner: pm::Match) -> observe_request::Match {
+        observe_request::Match {
+            r#match: Some(inner),
+        }
+    }
+
+    #[tokio::test]
+    async fn matches_select_and_the_limit_is_exact() {
+        let taps = Arc::new(Taps::default());
+        let ep = endpoint();
+        assert!(taps.is_idle());
+        let label = m(pm::Match::DestinationLabel(pm::Label {
+            key: "service".into(),
+            value: "web-svc".into(),
+        }));
+        let not_api = m(pm::Match::Not(Box::new(m(pm::Match::Http(pm::Http {
+            r#match: Some(ph::Match::Path(ph::StringMatch {
+                r#match: Some(ph::string_match::Match::Prefix("/api".into())),
+            })),
+        })))));
+        let both = m(pm::Match::All(pm::Seq {
+            matches: vec![label, not_api],
+        }));
+        let (mut rx, guard) = taps
+            .open(Some(2), Match::compile(Some(both)).unwrap(), false)
+            .unwrap();
+        assert!(!taps.is_idle());
+        assert!(offer(&taps, &ep, "/api/list").is_none(), "excluded by path");
+        let a = offer(&taps, &ep, "/a").expect("selected");
+        let b = offer(&taps, &ep, "/b").expect("selected");
+        // The limit is reached: the tap takes nothing more and no longer costs requests.
+        assert!(offer(&taps, &ep, "/c").is_none());
+        assert!(taps.is_idle());
+        drop((a, b));
+        let mut inits = 0;
+        while let Some(e) = rx.recv().await {
+            inits += 1;
+            assert_eq!(e.destination_meta.unwrap().labels["service"], "web-svc");
+        }
+        assert_eq!(inits, 2, "one request-init each, then the stream ends");
+        assert_eq!(guard.dropped(), 0);
+    }
+
+    #[test]
+    fn a_slow_tapper_loses_events_and_nothing_waits() {
+        let taps = Arc::new(Taps::default());
+        let ep = endpoint();
+        let (_rx, guard) = taps.open(None, None, false).unwrap();
+        for _ in 0..QUEUE + 100 {
+            let mut t = offer(&taps, &ep, "/").expect("selected");
+            t.response_init(200, &HeaderMap::new());
+            t.response_end(10, None, None);
+        }
+        // Three events a request, nobody reading: all but the queue's worth are dropped.
+        assert_eq!(guard.dropped(), 3 * (QUEUE as u64 + 100) - QUEUE as u64);
+        drop(guard);
+        assert!(taps.is_idle());
+        assert!(offer(&taps, &ep, "/").is_none());
     }
 }
