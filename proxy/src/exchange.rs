@@ -131,7 +131,7 @@ impl Exchange {
                 method = %a.method,
                 path = a.path.path(),
                 status = self.handles.status(),
-                grpc_status = self.grpc_status.map(i64::from).unwrap_or(-1),
+                grpc_status = self.grpc_status,
                 latency_us = self.head_latency.as_micros() as u64,
                 duration_us = self.start.elapsed().as_micros() as u64,
                 bytes = self.bytes,

@@ -155,6 +155,7 @@ async fn the_mtls_probe_is_counted_like_any_request() {
         .await
         .unwrap();
     for _ in 0..3 {
+        send.ready().await.unwrap();
         let resp = send
             .send_request(
                 Request::get("/ready")
@@ -229,6 +230,7 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
             &control.to_string(),
             "--tap-svc-name",
             TAP_ID,
+            "--access-log",
         ],
     )
     .await;
@@ -359,4 +361,12 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
     )
     .await;
     drop(idle);
+
+    // The access log carries the gRPC status, written when the response ended.
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("access") && l.contains("grpc_status=14")),
+        "{log}"
+    );
 }
