@@ -370,3 +370,66 @@ async fn tap_serves_the_tap_controller_exactly_what_it_selected() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_taps_and_dashboards_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fx = Fixture::new();
+    fx.caller("tap", TAP_ID);
+    let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // A drain deadline far longer than the test waits: only streams that end on their own
+    // let the gateway exit in time.
+    let (mut gw, _web, _dst) = mesh(
+        &fx,
+        &[
+            "--control-listen",
+            &control.to_string(),
+            "--tap-svc-name",
+            TAP_ID,
+            "--drain-timeout",
+            "60s",
+        ],
+    )
+    .await;
+    let mut tapper = tap_client(&fx, control, "tap").await;
+    let mut events = tapper
+        .observe(ObserveRequest {
+            limit: 100,
+            r#match: Some(path_prefix("/nothing-here")),
+            extract: None,
+        })
+        .await
+        .expect("tap")
+        .into_inner();
+    // A dashboard streaming its snapshots.
+    let mut sse = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    sse.write_all(b"GET /dashboard/events HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: snapshot") {
+        let n = tokio::time::timeout(Duration::from_secs(10), sse.read(&mut buf))
+            .await
+            .expect("a snapshot")
+            .unwrap();
+        assert!(n > 0, "stream closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+
+    let asked = std::time::Instant::now();
+    gw.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("the tap stream ends when the gateway drains");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    let code = tokio::task::spawn_blocking(move || gw.wait(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "exit status");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "exited {:?} after SIGTERM",
+        asked.elapsed()
+    );
+}

@@ -50,18 +50,24 @@ pub struct ControlServer {
 /// The gRPC service behind an authorized connection.
 struct TapApi {
     taps: Arc<Taps>,
+    drain: Drain,
 }
 
 /// One tap's events, as the response stream; the tap closes when the stream is dropped.
+/// Draining ends it, so an open tap does not hold the gateway until the drain deadline.
 pub struct Events {
     rx: mpsc::Receiver<TapEvent>,
     _guard: TapGuard,
+    draining: BoxFuture<'static, ()>,
 }
 
 impl futures_util::Stream for Events {
     type Item = Result<TapEvent, tonic::Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
         self.rx.poll_recv(cx).map(|e| e.map(Ok))
     }
 }
@@ -91,7 +97,12 @@ impl Tap for TapApi {
                     super::OpenError::TooMany => tonic::Status::resource_exhausted(e.to_string()),
                 })?;
         tracing::info!(limit = req.limit, headers, "tap opened");
-        Ok(tonic::Response::new(Events { rx, _guard: guard }))
+        let drain = self.drain.clone();
+        Ok(tonic::Response::new(Events {
+            rx,
+            _guard: guard,
+            draining: Box::pin(async move { drain.draining().await }),
+        }))
     }
 }
 
@@ -137,6 +148,7 @@ impl ControlServer {
         let this = Arc::new(self);
         let api = TapServer::new(TapApi {
             taps: this.taps.clone(),
+            drain: drain.clone(),
         })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
         let builder = Arc::new(builder());
