@@ -321,8 +321,11 @@ async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
         peak < 32 * 1024,
         "and 50 slow HTTP/1.1 connections {peak} KiB in all"
     );
+    // 160 MiB offered; what the gateway holds is bounded by the connection's HTTP/2 window
+    // (4 MiB) plus 20 upstream connections and the allocator's slack: 6.9-13 MiB in runs on
+    // the 2-core machine (the same before and after issue 14's changes), so the bound is 16.
     assert!(
-        with_uploads < peak + 12 * 1024,
+        with_uploads < peak + 16 * 1024,
         "20 stalled uploads cost {} KiB",
         with_uploads.saturating_sub(peak)
     );
