@@ -20,6 +20,8 @@ pub const TOP: usize = 20;
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// The row that sums what did not make the top.
 pub const OTHER: &str = "(other)";
+/// The service of requests that were not routed.
+pub const NOT_ROUTED: &str = "(not routed)";
 
 /// Cumulative counts of one caller × service pair.
 #[derive(Debug, Clone, Default)]
@@ -267,7 +269,12 @@ impl History {
                 };
                 Flow {
                     caller: caller.clone(),
-                    service: service.clone(),
+                    // Refused before routing, or answered by the gateway itself (probes).
+                    service: if service.is_empty() {
+                        NOT_ROUTED.to_string()
+                    } else {
+                        service.clone()
+                    },
                     requests: c.requests as u64,
                     failures: c.failures as u64,
                     rps: if dt > 0.0 { round2(d_req / dt) } else { 0.0 },
