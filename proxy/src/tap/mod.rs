@@ -104,11 +104,23 @@ impl Session {
 
     fn send(&self, event: TapEvent) {
         if self.tx.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("gateway_tap_events_dropped_total").increment(1);
+            self.lost(1);
         }
     }
+
+    /// Whether the queue has no room: the event is not even built.
+    fn full(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
+    fn lost(&self, events: u64) {
+        self.dropped.fetch_add(events, Ordering::Relaxed);
+        metrics::counter!("gateway_tap_events_dropped_total").increment(events);
+    }
 }
+
+/// Events one request gives a tap: request init, response init, response end.
+const EVENTS_PER_REQUEST: usize = 3;
 
 /// Closes its tap when the tapper's stream goes away.
 pub struct TapGuard {
@@ -191,7 +203,16 @@ impl Taps {
             .clone();
         let mut sinks = Vec::new();
         for s in open {
-            if s.matcher.as_ref().is_none_or(|m| m.matches(r)) && s.take() {
+            if !s.matcher.as_ref().is_none_or(|m| m.matches(r)) {
+                continue;
+            }
+            // A tap without a limit (the dashboard) whose reader is behind skips the request
+            // whole: while it catches up, requests cost it nothing but this check.
+            if s.remaining.is_none() && s.tx.capacity() < EVENTS_PER_REQUEST {
+                s.lost(EVENTS_PER_REQUEST as u64);
+                continue;
+            }
+            if s.take() {
                 let stream = s.streams.fetch_add(1, Ordering::Relaxed);
                 if s.exhausted() {
                     // Its last request: no new ones, and its stream ends once the requests
@@ -290,6 +311,10 @@ impl Tapped {
     /// event for a tap that asked for headers, `without` for one that did not.
     fn emit(&self, make: impl Fn(th::StreamId, bool) -> th::Event) {
         for (s, stream) in &self.sinks {
+            if s.full() {
+                s.lost(1);
+                continue;
+            }
             let id = th::StreamId {
                 base: s.id,
                 stream: *stream,
@@ -458,13 +483,21 @@ mod tests {
         let taps = Arc::new(Taps::default());
         let ep = endpoint();
         let (_rx, guard) = taps.open(None, None, false).unwrap();
+        let mut selected = 0;
         for _ in 0..QUEUE + 100 {
-            let mut t = offer(&taps, &ep, "/").expect("selected");
-            t.response_init(200, &HeaderMap::new());
-            t.response_end(10, None, None);
+            if let Some(mut t) = offer(&taps, &ep, "/") {
+                selected += 1;
+                t.response_init(200, &HeaderMap::new());
+                t.response_end(10, None, None);
+            }
         }
-        // Three events a request, nobody reading: all but the queue's worth are dropped.
-        assert_eq!(guard.dropped(), 3 * (QUEUE as u64 + 100) - QUEUE as u64);
+        // Three events a request, nobody reading: the whole requests that fit in the queue
+        // are kept; once it is full, requests are skipped before any event is built.
+        assert_eq!(selected, QUEUE / EVENTS_PER_REQUEST);
+        assert_eq!(
+            guard.dropped(),
+            (EVENTS_PER_REQUEST * (QUEUE + 100 - selected)) as u64
+        );
         drop(guard);
         assert!(taps.is_idle());
         assert!(offer(&taps, &ep, "/").is_none());
