@@ -232,14 +232,13 @@ impl Admin {
             let served = match tls::first_byte(&tcp, self.handshake_timeout).await? {
                 FirstByte::Closed => return Ok(None),
                 FirstByte::Tls => {
-                    let stream = tls::accept(
+                    let (stream, caller) = tls::accept_caller(
                         tcp,
                         self.tls.clone(),
                         &self.identity,
                         self.handshake_timeout,
                     )
                     .await?;
-                    let caller = tls::client_identity(stream.get_ref().1)?;
                     let local = stream.get_ref().0.local_addr().ok();
                     let counted = Arc::new(ConnMetrics::accepted(caller.as_str(), local));
                     let conn = builder.serve_connection(TokioIo::new(stream), svc(Some(counted)));

@@ -67,6 +67,21 @@ where
         .unwrap_or(Err(ConnError::HandshakeTimeout))
 }
 
+/// [`accept`], then the caller's identity: every mTLS port wants both.
+pub async fn accept_caller<IO>(
+    io: IO,
+    config: Arc<ServerConfig>,
+    own: &Identity,
+    deadline: Duration,
+) -> Result<(TlsStream<IO>, Identity), ConnError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let stream = accept(io, config, own, deadline).await?;
+    let caller = client_identity(stream.get_ref().1)?;
+    Ok((stream, caller))
+}
+
 /// The caller's identity: the first DNS or URI name of the certificate the verifier accepted.
 /// Read here, once per connection; the verifier checks only the chain.
 pub fn client_identity(session: &rustls::ServerConnection) -> Result<Identity, ConnError> {

@@ -114,19 +114,8 @@ fn devtools_get(addr: &str, path: &str) -> std::io::Result<String> {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                return Ok(body.to_string());
-            }
+        if let Some(body) = crate::complete_response(&buf) {
+            return Ok(body);
         }
     }
     Ok(String::new())

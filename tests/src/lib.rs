@@ -318,6 +318,22 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The body of an HTTP/1.x response in `bytes` once all of it (by `Content-Length`, none
+/// when absent) has arrived; `None` while the head or body is still short.
+pub fn complete_response(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    (body.len() >= len).then(|| body.to_string())
+}
+
 /// A blocking plaintext HTTP/1.1 GET (for the admin port).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};

@@ -86,19 +86,8 @@ async fn h1(fx: &Fixture, gw: &Gateway, raw: &str) -> H1Reply {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut closed = false;
     loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if body.len() >= len {
-                break;
-            }
+        if complete_response(&got).is_some() {
+            break;
         }
         match tokio::time::timeout_at(deadline, io.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => {

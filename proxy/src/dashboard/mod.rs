@@ -156,17 +156,22 @@ struct Snapshot<'a> {
     recent_dropped: u64,
 }
 
-/// Runs `f` when dropped, however the stream ends.
-struct OnDrop<F: FnMut()>(F);
+/// Counts a streaming dashboard in `gateway_dashboards_open` for as long as it lives,
+/// however its stream ends.
+struct Viewing(metrics::Gauge);
 
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
+impl Viewing {
+    fn new() -> Self {
+        let open = metrics::gauge!("gateway_dashboards_open");
+        open.increment(1.0);
+        Self(open)
     }
 }
 
-fn scopeguard<F: FnMut()>(f: F) -> OnDrop<F> {
-    OnDrop(f)
+impl Drop for Viewing {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
@@ -226,9 +231,7 @@ impl Dashboard {
     }
 
     async fn stream(self: Arc<Self>, tx: mpsc::Sender<Bytes>, _permit: OwnedSemaphorePermit) {
-        let open = metrics::gauge!("gateway_dashboards_open");
-        open.increment(1.0);
-        let _open = scopeguard(move || open.decrement(1.0));
+        let _viewing = Viewing::new();
         // Requests are seen only while this stream is open; the tap closes with it.
         let (mut tapped, _guard) = match self.taps.open(None, None, false) {
             Ok((rx, guard)) => (Some(rx), Some(guard)),

@@ -92,15 +92,14 @@ impl Inbound {
                     return Err(ConnError::Plaintext);
                 }
             }
-            let mut stream = tls::accept(
+            tls::accept_caller(
                 CountingIo::new(tcp, activity.clone()),
                 self.tls.clone(),
                 &gw.identity,
                 self.handshake_timeout,
             )
-            .await?;
-            let client_id = tls::client_identity(stream.get_mut().1)?;
-            Ok(Some((stream, client_id)))
+            .await
+            .map(Some)
         };
         let authenticated = tokio::select! {
             a = authenticate => a?,

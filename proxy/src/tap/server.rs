@@ -179,14 +179,13 @@ impl ControlServer {
         drain: &Drain,
     ) -> Result<(), ConnError> {
         let Accepted { tcp, peer, permit } = accepted;
-        let stream = tls::accept(
+        let (stream, caller) = tls::accept_caller(
             tcp,
             self.tls.clone(),
             &self.identity,
             self.handshake_timeout,
         )
         .await?;
-        let caller = tls::client_identity(stream.get_ref().1)?;
         let allowed = caller == self.tap_client;
         if !allowed {
             tracing::warn!(%peer, client_id = %caller, "tap refused: not the tap controller's identity");
