@@ -41,8 +41,9 @@ pub enum CallerBodyError {
     Http2(#[from] h2::Error),
 }
 
-/// An HTTP/2 request body. Flow-control capacity goes back to the caller as each frame is
-/// handed on, so the caller's window tracks what the upstream has taken.
+/// An HTTP/2 body as the h2 crate receives it: a caller's request body, or an endpoint's
+/// response body. Flow-control capacity goes back to the sender as each frame is handed on,
+/// so the sender's window tracks what the other side has taken.
 pub struct H2Body {
     recv: h2::RecvStream,
     /// Bytes still to come when the caller declared a length (h2 holds the stream to it).
@@ -74,34 +75,44 @@ impl Body for CallerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
         match self.get_mut() {
             CallerBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            CallerBody::Http2(b) => b.poll_frame(cx),
+            CallerBody::Http2(b) => b.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             CallerBody::Http1(b) => b.is_end_stream(),
-            CallerBody::Http2(b) => b.recv.is_end_stream(),
+            CallerBody::Http2(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             CallerBody::Http1(b) => b.size_hint(),
-            CallerBody::Http2(b) if b.recv.is_end_stream() => SizeHint::with_exact(0),
-            CallerBody::Http2(b) => match b.left {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
+            CallerBody::Http2(b) => b.size_hint(),
         }
     }
 }
 
 impl H2Body {
-    fn poll_frame(
+    pub fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        if self.recv.is_end_stream() {
+            return SizeHint::with_exact(0);
+        }
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+
+    pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         if !self.data_done {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
@@ -111,14 +122,14 @@ impl H2Body {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => self.data_done = true,
             }
         }
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
+            Err(e) => Poll::Ready(Some(Err(e))),
         }
     }
 }

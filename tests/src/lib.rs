@@ -480,6 +480,12 @@ async fn backend_handle(
                 .insert("content-type", "application/grpc".parse().expect("hv"));
             r
         }
+        "/body-echo" => {
+            // The request body back as it arrives, frame by frame: over HTTP/2 both bodies
+            // stream at once, as in a bidirectional gRPC call.
+            let body = req.into_body().map_err(std::io::Error::other);
+            Response::new(BodyExt::boxed(body))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms"))).await;
             Response::new(full("slow done\n"))

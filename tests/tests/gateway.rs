@@ -549,6 +549,101 @@ async fn grpc_trailers_and_server_sent_events_stream_through() {
     assert_eq!(rest, b"data: event 1\n\ndata: event 2\n\n");
 }
 
+/// An HTTP/2 upstream (`h2://` route, as for meshed endpoints with the `h2` hint): a request
+/// body that keeps streaming after the response has begun, uploads and downloads larger than
+/// every flow-control window, and a caller that gives up mid-body, after which the shared
+/// upstream connection still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream_streams_bodies_both_ways_under_flow_control() {
+    use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
+    type Body = BoxBody<Bytes, std::io::Error>;
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80=h2://{backend}")]);
+    let io = connect(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake::<_, _, Body>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
+
+    // Bidirectional: each message comes back before the next is sent.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    let req = Request::post(format!("http://{WEB_SVC}/body-echo"))
+        .body(StreamBody::new(ReceiverStream(rx)).boxed())
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"message 0"))))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("response headers while the request body is open")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    for i in 0..3 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the echo of the last message")
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), format!("message {i}"));
+        if i < 2 {
+            let next = Bytes::from(format!("message {}", i + 1));
+            tx.send(Ok(http_body::Frame::data(next))).await.unwrap();
+        }
+    }
+    drop(tx);
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.to_bytes().is_empty());
+
+    // 6 MiB up (the gateway's window toward the caller is 1 MiB per stream, the backend's
+    // toward the gateway hyper's default) and 9 MiB down (over the 4 MiB connection window
+    // the gateway opens to its endpoint, so it must hand capacity back as the caller reads).
+    let up = Bytes::from(vec![b'u'; 6 << 20]);
+    let req = Request::post(format!("http://{WEB_SVC}/upload"))
+        .body(full(up))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(body_text(resp).await, format!("received {}\n", 6 << 20));
+    let req = Request::get(format!("http://{WEB_SVC}/download?bytes={}", 9 << 20))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.to_bytes().len(), 9 << 20);
+
+    // A download dropped after its first frame: the upstream stream is reset, and the
+    // connection, shared by what follows, carries on.
+    for _ in 0..3 {
+        let req = Request::get(format!("http://{WEB_SVC}/download?bytes={}", 32 << 20))
+            .body(full(Bytes::new()))
+            .unwrap();
+        let mut body = send.send_request(req).await.unwrap().into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+    }
+    let req = Request::post(format!("http://{WEB_SVC}/upload"))
+        .body(full(Bytes::from_static(b"after")))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body_text(resp).await, "received 5\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_deadline_and_connection_cap() {
     use tokio::io::AsyncReadExt;

@@ -139,6 +139,20 @@ enum Cmd {
     BenchBackend {
         #[arg(long)]
         listen: SocketAddr,
+        /// Also serve as a meshed workload (mTLS, `web.crt` from `--dir`) here.
+        #[arg(long, requires = "dir")]
+        mesh_listen: Option<SocketAddr>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Answers `linkerd-destination` lookups of the bench's authority with one meshed HTTP/2
+    /// endpoint (scenario (h)).
+    #[command(hide = true)]
+    BenchDestination {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        endpoint: SocketAddr,
     },
     #[command(hide = true)]
     BenchTlsCeiling {
@@ -354,7 +368,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             small,
             large,
         }),
-        Cmd::BenchBackend { listen } => runtime()?.block_on(bench::servers::backend(listen)),
+        Cmd::BenchBackend {
+            listen,
+            mesh_listen,
+            dir,
+        } => runtime()?.block_on(bench::servers::backend(
+            listen,
+            mesh_listen.zip(dir.as_deref()),
+        )),
+        Cmd::BenchDestination { listen, endpoint } => {
+            runtime()?.block_on(bench::servers::destination(listen, endpoint))
+        }
         Cmd::BenchTlsCeiling { listen, dir } => {
             // One worker: the ceiling is one core's worth, like the pinned proxies.
             runtime()?.block_on(bench::servers::tls_ceiling(listen, &dir))

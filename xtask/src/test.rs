@@ -143,9 +143,47 @@ fn fuzz_smoke(seconds: u64) -> anyhow::Result<()> {
     ]))
 }
 
+/// What a cold test build writes under `target/` with [`lean_build`] (measured: 2.7 GiB, and
+/// 0.2 GiB for the fuzz build); below this much free space the run warns before it starts.
+const DISK_NEEDED_GIB: u64 = 5;
+
+/// A one-shot run gains nothing from incremental compilation, whose caches were 2.5 GiB of a
+/// cold test build's 5.7 GiB, and line tables are all a failing test's backtrace needs; full
+/// debug info made every one of the two dozen test binaries about 50 MB. A CI machine with a
+/// few GiB free ran out of disk before either change. (What is left of `incremental/` is the
+/// xtask binary's own build, which `cargo xtask` makes before this runs.)
+fn lean_build() {
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    std::env::set_var("CARGO_PROFILE_DEV_DEBUG", "line-tables-only");
+}
+
+/// Free space where the build writes, in GiB, from `df` (absent or unreadable: unknown).
+fn free_gib(dir: &std::path::Path) -> Option<u64> {
+    let out = Command::new("df").args(["-Pk"]).arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib / (1024 * 1024))
+}
+
 pub fn run_all(opts: TestOptions) -> anyhow::Result<()> {
     if !opts.no_install {
         install_missing()?;
+    }
+    lean_build();
+    if let Some(free) = free_gib(&workspace_root()) {
+        if free < DISK_NEEDED_GIB {
+            println!(
+                "==> warning: {free} GiB free under {}; a cold test build needs about \
+                 {DISK_NEEDED_GIB} GiB (remove old target/ directories)",
+                workspace_root().display()
+            );
+        }
     }
     println!("==> cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;

@@ -18,7 +18,6 @@ use std::{
 
 use crate::body::CallerBody;
 use http::{Request, Response};
-use hyper_util::rt::TokioExecutor;
 
 #[doc(hidden)]
 pub use self::http1::fuzz_response as fuzz_http1_response;
@@ -51,7 +50,7 @@ struct Shared {
     cfg: UpstreamConfig,
     dialer: Dialer,
     http1: hyper::client::conn::http1::Builder,
-    http2: hyper::client::conn::http2::Builder<TokioExecutor>,
+    http2: h2::client::Builder,
     /// Every endpoint pool that has held a connection, for the sweeper.
     pools: Mutex<Vec<Weak<EndpointPool>>>,
 }
@@ -182,29 +181,10 @@ impl Upstreams {
         endpoint: &Arc<Endpoint>,
         req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let shared = &self.shared;
-        let attempt = async {
-            let mut sender = match endpoint.pool.http2.sender(shared, endpoint).await {
-                Ok(s) => s,
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        unsent: Some(req),
-                    })
-                }
-            };
-            endpoint.pool.register(shared);
-            sender.try_send_request(req).await.map_err(|mut e| {
-                tracing::debug!(addr = %endpoint.addr, error = %e.error(), "upstream HTTP/2 request failed");
-                SendError {
-                    error: ProxyError::Upstream,
-                    unsent: e.take_message(),
-                }
-            })
-        };
-        match tokio::time::timeout(shared.cfg.response_timeout, attempt).await {
+        let attempt = http2::send(&self.shared, endpoint, req);
+        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
             Err(_) => Err(ProxyError::ResponseTimeout.into()),
-            Ok(r) => r.map(|resp| resp.map(UpstreamBody::unpooled)),
+            Ok(r) => r,
         }
     }
 
@@ -269,7 +249,7 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::body::Incoming;
     use hyper_util::{
-        rt::TokioIo,
+        rt::{TokioExecutor, TokioIo},
         server::conn::auto::{self, Builder},
     };
     use tokio::net::TcpListener;

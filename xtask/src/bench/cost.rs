@@ -17,7 +17,10 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use super::{caller_args, free_port, gateway_args, prepare, spawn, AUTHORITY, REQUEST_HEADERS};
+use super::{
+    caller_args, free_port, gateway_args, prepare, spawn, Backends, Upstream, AUTHORITY,
+    REQUEST_HEADERS,
+};
 
 pub struct CostOptions {
     pub out: PathBuf,
@@ -30,25 +33,31 @@ pub struct CostOptions {
 const SCENARIOS: &[(&str, Server, &[&str], u64)] = &[
     (
         "HTTP/1.1 keep-alive, 16 connections",
-        Server::Gateway,
+        Server::Gateway(Upstream::Plain),
         &["-c", "16"],
         1,
     ),
     (
         "HTTP/2, 4 connections x 10 streams",
-        Server::Gateway,
+        Server::Gateway(Upstream::Plain),
         &["--h2", "-c", "4", "--streams", "10"],
         1,
     ),
     (
         "transport header + HTTP/2, 4 x 10 streams",
-        Server::Gateway,
+        Server::Gateway(Upstream::Plain),
+        &["--transport-header", "-c", "4", "--streams", "10"],
+        1,
+    ),
+    (
+        "transport header + HTTP/2 to a meshed workload (mTLS, HTTP/2), 4 x 10 streams",
+        Server::Gateway(Upstream::Meshed),
         &["--transport-header", "-c", "4", "--streams", "10"],
         1,
     ),
     (
         "new mTLS connection per request",
-        Server::Gateway,
+        Server::Gateway(Upstream::Plain),
         &["--new-connection", "-c", "4"],
         50,
     ),
@@ -63,7 +72,7 @@ const SCENARIOS: &[(&str, Server, &[&str], u64)] = &[
 struct Env {
     dir: PathBuf,
     bin: PathBuf,
-    backend: SocketAddr,
+    backends: Backends,
 }
 
 /// Runs the gateway under `wrapper` (a command prefix), sends `n` requests, stops it with
@@ -71,7 +80,8 @@ struct Env {
 /// What serves the requests.
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
-    Gateway,
+    /// The gateway, toward the backend as given.
+    Gateway(Upstream),
     /// The bare rustls accept loop of `cargo xtask bench`: the floor for handshakes.
     AcceptLoop,
 }
@@ -88,9 +98,9 @@ fn serve(
     let mut c = Command::new(&wrapper[0]);
     c.args(&wrapper[1..]);
     match server {
-        Server::Gateway => {
+        Server::Gateway(upstream) => {
             c.arg(env.bin.join("gateway"));
-            gateway_args(&mut c, &env.dir, port, admin, env.backend);
+            gateway_args(&mut c, &env.dir, port, admin, env.backends, upstream);
         }
         Server::AcceptLoop => {
             c.arg(env.bin.join("xtask"))
@@ -216,11 +226,11 @@ pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> 
     if opts.large <= opts.small {
         bail!("--large must be more than --small");
     }
-    let (backend, backend_proc) = prepare(bin, dir)?;
+    let (backends, backend_procs) = prepare(bin, dir)?;
     let env = Env {
         dir: dir.to_path_buf(),
         bin: bin.to_path_buf(),
-        backend,
+        backends,
     };
 
     let mut md = format!(
@@ -258,7 +268,7 @@ pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> 
         println!("    {ir:.0} instructions, {total:.2} system calls ({detail})");
         md += &format!("| {name} | {ir:.0} | {total:.2} | {detail} |\n");
     }
-    drop(backend_proc);
+    drop(backend_procs);
     std::fs::create_dir_all(&opts.out)?;
     std::fs::write(opts.out.join("cost.md"), &md)?;
     Ok(md)

@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::demo::{GATEWAY_ID, VOTE_BOT_ID};
+use crate::demo::{GATEWAY_ID, VOTE_BOT_ID, WEB_ID};
 
 pub struct BenchOptions {
     pub out: PathBuf,
@@ -136,30 +136,75 @@ struct Target {
     tls: bool,
     start: StartFn,
     port: u16,
+    /// The gateway's admin port (the others have none).
+    admin_port: u16,
+    upstream: Upstream,
+}
+
+/// How a proxy reaches the backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    /// Plaintext on a configured address: the backend as a service outside the mesh.
+    Plain,
+    /// The backend as a meshed workload: mTLS with its identity, a client certificate
+    /// presented, HTTP/2 where the proxy can (nginx speaks only HTTP/1.1 to upstreams). The
+    /// gateway finds it through `linkerd-destination`, as in a cluster. Scenario (h).
+    Meshed,
+}
+
+/// Where the backend listens, both ways, and the discovery service that names the meshed one.
+#[derive(Clone, Copy)]
+struct Backends {
+    plain: SocketAddr,
+    meshed: SocketAddr,
+    destination: SocketAddr,
 }
 
 #[derive(Clone)]
 struct Env {
     dir: PathBuf,
     bin: PathBuf,
-    backend: SocketAddr,
+    backends: Backends,
     port: u16,
     admin_port: u16,
+    upstream: Upstream,
 }
 
 impl Env {
-    /// The same environment, listening on `port`.
-    fn on(&self, port: u16) -> Env {
+    /// The same environment, for `t`: its port and its way upstream.
+    fn at(&self, t: &Target) -> Env {
         Env {
-            port,
+            port: t.port,
+            admin_port: t.admin_port,
+            upstream: t.upstream,
             ..self.clone()
         }
     }
+
+    /// What a system's files are called: one instance per way upstream.
+    fn name(&self, system: &str) -> String {
+        match self.upstream {
+            Upstream::Plain => system.to_string(),
+            Upstream::Meshed => format!("{system}-meshed"),
+        }
+    }
+
+    fn log(&self, system: &str) -> String {
+        format!("{}.log", self.name(system))
+    }
 }
 
-/// The gateway's flags for a bench: the bench PKI in `dir`, one route to `backend`, warnings
-/// only (an access line per request would be measured too).
-fn gateway_args(c: &mut Command, dir: &Path, port: u16, admin: u16, backend: SocketAddr) {
+/// The gateway's flags for a bench: the bench PKI in `dir`, a route to the plaintext backend
+/// or discovery of the meshed one, warnings only (an access line per request would be
+/// measured too).
+fn gateway_args(
+    c: &mut Command,
+    dir: &Path,
+    port: u16,
+    admin: u16,
+    backends: Backends,
+    upstream: Upstream,
+) {
     c.args([
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -172,12 +217,12 @@ fn gateway_args(c: &mut Command, dir: &Path, port: u16, admin: u16, backend: Soc
     .arg(dir.join("gateway.crt"))
     .arg("--key")
     .arg(dir.join("gateway.key"))
-    .args([
-        "--route",
-        &format!("{AUTHORITY}={backend}"),
-        "--log-level",
-        "warn",
-    ]);
+    // Two gateways run at once (one per way upstream): the probe port is not needed.
+    .args(["--log-level", "warn", "--probe-listen", "off"]);
+    match upstream {
+        Upstream::Plain => c.args(["--route", &format!("{AUTHORITY}={}", backends.plain)]),
+        Upstream::Meshed => c.args(["--destination-svc-addr", &backends.destination.to_string()]),
+    };
 }
 
 /// loadgen's flags to call as vote-bot with the bench PKI in `dir`.
@@ -193,9 +238,9 @@ fn caller_args(c: &mut Command, dir: &Path) {
 
 fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
     let mut c = pinned(PROXY_CORE, &e.bin.join("gateway"));
-    gateway_args(&mut c, &e.dir, e.port, e.admin_port, e.backend);
+    gateway_args(&mut c, &e.dir, e.port, e.admin_port, e.backends, e.upstream);
     c.args(["--max-connections", "15000"]);
-    let mut p = spawn(c, &e.dir.join("gateway.log"))?;
+    let mut p = spawn(c, &e.dir.join(e.log("gateway")))?;
     wait_port(
         SocketAddr::from(([127, 0, 0, 1], e.port)),
         &mut p.0,
@@ -207,21 +252,42 @@ fn start_gateway(e: &Env) -> anyhow::Result<(Proc, u32)> {
 
 fn start_nginx(e: &Env) -> anyhow::Result<(Proc, u32)> {
     let d = e.dir.display();
+    let name = e.name("nginx");
+    let (upstream, pass) = match e.upstream {
+        Upstream::Plain => (e.backends.plain, "proxy_pass http://backend;".to_string()),
+        Upstream::Meshed => (
+            e.backends.meshed,
+            format!(
+                "proxy_pass https://backend;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate {d}/gateway.crt;
+      proxy_ssl_certificate_key {d}/gateway.key;
+      proxy_ssl_trusted_certificate {d}/root.crt;
+      proxy_ssl_verify on;
+      proxy_ssl_verify_depth 3;
+      proxy_ssl_name {WEB_ID};
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;"
+            ),
+        ),
+    };
     let conf = format!(
         r#"user root;
 worker_processes 1;
 worker_rlimit_nofile 19000;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
+pid {d}/{name}.pid;
+error_log {d}/{name}-error.log warn;
 events {{ worker_connections 15000; }}
 http {{
   access_log off;
-  client_body_temp_path {d}/nginx-body;
-  proxy_temp_path {d}/nginx-proxy;
-  fastcgi_temp_path {d}/nginx-fastcgi;
-  uwsgi_temp_path {d}/nginx-uwsgi;
-  scgi_temp_path {d}/nginx-scgi;
-  upstream backend {{ server {backend}; keepalive 64; }}
+  client_body_temp_path {d}/{name}-body;
+  proxy_temp_path {d}/{name}-proxy;
+  fastcgi_temp_path {d}/{name}-fastcgi;
+  uwsgi_temp_path {d}/{name}-uwsgi;
+  scgi_temp_path {d}/{name}-scgi;
+  # Idle upstream connections kept: as many as the gateway keeps per endpoint (256), more
+  # than the 100 requests in flight of the HTTP/2 scenarios, so none is opened per request.
+  upstream backend {{ server {upstream}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
     server_name web-svc.emojivoto.svc.cluster.local;
@@ -235,7 +301,7 @@ http {{
     keepalive_requests 100000000;
     http2_max_requests 100000000;
     location / {{
-      proxy_pass http://backend;
+      {pass}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
@@ -244,15 +310,13 @@ http {{
   }}
 }}
 "#,
-        backend = e.backend,
         port = e.port
     );
-    std::fs::write(e.dir.join("nginx.conf"), conf)?;
+    let conf_file = e.dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_file, conf)?;
     let mut c = pinned(PROXY_CORE, Path::new("nginx"));
-    c.arg("-c")
-        .arg(e.dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"]);
-    let mut p = spawn(c, &e.dir.join("nginx.log"))?;
+    c.arg("-c").arg(&conf_file).args(["-g", "daemon off;"]);
+    let mut p = spawn(c, &e.dir.join(format!("{name}.log")))?;
     wait_port(
         SocketAddr::from(([127, 0, 0, 1], e.port)),
         &mut p.0,
@@ -280,6 +344,17 @@ fn start_haproxy(e: &Env) -> anyhow::Result<(Proc, u32)> {
     let pem = std::fs::read_to_string(e.dir.join("gateway.crt"))?
         + &std::fs::read_to_string(e.dir.join("gateway.key"))?;
     std::fs::write(e.dir.join("haproxy.pem"), pem)?;
+    let name = e.name("haproxy");
+    let server = match e.upstream {
+        Upstream::Plain => format!("{}", e.backends.plain),
+        // Certificate, chain and name checked as the gateway checks them; HTTP/2 without ALPN,
+        // as a Linkerd proxy speaks to a meshed endpoint with the `h2` hint.
+        Upstream::Meshed => format!(
+            "{} ssl ssl-min-ver TLSv1.3 crt {d}/haproxy.pem ca-file {d}/root.crt verify required \
+             verifyhost {WEB_ID} sni str({WEB_ID}) proto h2",
+            e.backends.meshed
+        ),
+    };
     let conf = format!(
         r#"global
   nbthread 1
@@ -301,15 +376,15 @@ frontend fe
   default_backend be
 backend be
   http-reuse always
-  server s1 {backend} maxconn 1000
+  server s1 {server} maxconn 1000
 "#,
-        backend = e.backend,
         port = e.port
     );
-    std::fs::write(e.dir.join("haproxy.cfg"), conf)?;
+    let conf_file = e.dir.join(format!("{name}.cfg"));
+    std::fs::write(&conf_file, conf)?;
     let mut c = pinned(PROXY_CORE, Path::new("haproxy"));
-    c.arg("-db").arg("-f").arg(e.dir.join("haproxy.cfg"));
-    let mut p = spawn(c, &e.dir.join("haproxy.log"))?;
+    c.arg("-db").arg("-f").arg(&conf_file);
+    let mut p = spawn(c, &e.dir.join(format!("{name}.log")))?;
     wait_port(
         SocketAddr::from(([127, 0, 0, 1], e.port)),
         &mut p.0,
@@ -328,7 +403,7 @@ fn start_ceiling(e: &Env) -> anyhow::Result<(Proc, u32)> {
         "--dir",
     ])
     .arg(&e.dir);
-    let mut p = spawn(c, &e.dir.join("ceiling.log"))?;
+    let mut p = spawn(c, &e.dir.join(e.log("ceiling")))?;
     wait_port(
         SocketAddr::from(([127, 0, 0, 1], e.port)),
         &mut p.0,
@@ -399,6 +474,9 @@ fn f(v: &Value, path: &[&str]) -> f64 {
     cur.as_f64().unwrap_or(0.0)
 }
 
+const H2_10X10: &[&str] = &["--h2", "-c", "10", "--streams", "10"];
+const TRANSPORT_HEADER_10X10: &[&str] = &["--transport-header", "-c", "10", "--streams", "10"];
+
 /// Scenarios: (id, what, path, loadgen args, applies to the plaintext direct baseline).
 const SCENARIOS: &[(&str, &str, &str, &[&str], bool)] = &[
     (
@@ -412,7 +490,7 @@ const SCENARIOS: &[(&str, &str, &str, &[&str], bool)] = &[
         "b",
         "HTTP/2, 10 connections x 10 streams",
         "/",
-        &["--h2", "-c", "10", "--streams", "10"],
+        H2_10X10,
         true,
     ),
     (
@@ -471,20 +549,50 @@ fn build_release() -> anyhow::Result<PathBuf> {
         .join("release"))
 }
 
-/// A fresh PKI in `dir` (anchor, the gateway's and vote-bot's leaves) and the backend,
+/// A fresh PKI in `dir` (anchor; the gateway's, vote-bot's and web's leaves), the backend
+/// (plaintext, and meshed for (h)) and the destination service that names the meshed one, all
 /// pinned to the client core: what every bench starts from.
-fn prepare(bin: &Path, dir: &Path) -> anyhow::Result<(SocketAddr, Proc)> {
+fn prepare(bin: &Path, dir: &Path) -> anyhow::Result<(Backends, Vec<Proc>)> {
     std::fs::create_dir_all(dir)?;
     let pki = identity::Pki::new()?;
     std::fs::write(dir.join("root.crt"), &pki.anchor.cert_pem)?;
     pki.leaf(GATEWAY_ID)?.write(dir, "gateway")?;
     pki.leaf(VOTE_BOT_ID)?.write(dir, "vote-bot")?;
-    let backend = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    pki.leaf(WEB_ID)?.write(dir, "web")?;
+    let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let backends = Backends {
+        plain: loopback(free_port()?),
+        meshed: loopback(free_port()?),
+        destination: loopback(free_port()?),
+    };
     let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
-    c.args(["bench-backend", "--listen", &backend.to_string()]);
-    let mut backend_proc = spawn(c, &dir.join("backend.log"))?;
-    wait_port(backend, &mut backend_proc.0, "the backend")?;
-    Ok((backend, backend_proc))
+    c.args([
+        "bench-backend",
+        "--listen",
+        &backends.plain.to_string(),
+        "--mesh-listen",
+        &backends.meshed.to_string(),
+        "--dir",
+    ])
+    .arg(dir);
+    let mut backend = spawn(c, &dir.join("backend.log"))?;
+    wait_port(backends.plain, &mut backend.0, "the backend")?;
+    wait_port(backends.meshed, &mut backend.0, "the meshed backend")?;
+    let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
+    c.args([
+        "bench-destination",
+        "--listen",
+        &backends.destination.to_string(),
+        "--endpoint",
+        &backends.meshed.to_string(),
+    ]);
+    let mut destination = spawn(c, &dir.join("destination.log"))?;
+    wait_port(
+        backends.destination,
+        &mut destination.0,
+        "the destination service",
+    )?;
+    Ok((backends, vec![backend, destination]))
 }
 
 /// The commit being measured.
@@ -545,39 +653,49 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     let bin = build_release()?;
     let dir = crate::workspace_root().join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
-    let (backend, backend_proc) = prepare(&bin, &dir)?;
+    let (backends, backend_procs) = prepare(&bin, &dir)?;
 
     let env = Env {
         dir: dir.clone(),
         bin: bin.clone(),
-        backend,
+        backends,
         port: 0,
         admin_port: free_port()?,
+        upstream: Upstream::Plain,
     };
-    let target = |name, start, tls| -> anyhow::Result<Target> {
+    let target = |name, start, upstream| -> anyhow::Result<Target> {
         let port = free_port()?;
-        let scheme = if tls { "https" } else { "http" };
         Ok(Target {
             name,
-            url: format!("{scheme}://127.0.0.1:{port}"),
-            tls,
+            url: format!("https://127.0.0.1:{port}"),
+            tls: true,
             start,
             port,
+            admin_port: free_port()?,
+            upstream,
         })
     };
-    let proxies = [
-        target("gateway", start_gateway as StartFn, true)?,
-        target("nginx", start_nginx, true)?,
-        target("haproxy", start_haproxy, true)?,
-    ];
+    // Every system under load, each its own process on its own port: the three proxies to the
+    // plaintext backend, the bare accept loop, and the three proxies again to the meshed one.
+    let mut systems = Vec::new();
+    for upstream in [Upstream::Plain, Upstream::Meshed] {
+        systems.push(target("gateway", start_gateway as StartFn, upstream)?);
+        systems.push(target("nginx", start_nginx, upstream)?);
+        systems.push(target("haproxy", start_haproxy, upstream)?);
+        if upstream == Upstream::Plain {
+            systems.push(target("rustls-accept-loop", start_ceiling, upstream)?);
+        }
+    }
+    let (proxies, ceiling, meshed) = (&systems[..3], &systems[3], &systems[4..]);
     let direct = Target {
         name: "direct",
-        url: format!("http://{backend}"),
+        url: format!("http://{}", backends.plain),
         tls: false,
         start: |_| bail!("no process"),
-        port: backend.port(),
+        port: backends.plain.port(),
+        admin_port: 0,
+        upstream: Upstream::Plain,
     };
-    let ceiling = target("rustls-accept-loop", start_ceiling, true)?;
 
     let mut results: Vec<Value> = Vec::new();
     let mut record = |scenario: &str, target: &str, runs: Vec<Value>| {
@@ -624,43 +742,48 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     // the proxy core, idle but for the one under load), and the runs go round-robin: repeat
     // 1 of a scenario on each system, then repeat 2 on each, and so on. A noisy minute on
     // this VM then spreads over all systems instead of skewing one system's median.
-    println!("==> starting gateway, nginx, haproxy and the bare rustls accept loop");
+    println!(
+        "==> starting gateway, nginx, haproxy and the bare rustls accept loop; and the three \
+         proxies again, toward the meshed backend"
+    );
     let mut running = Vec::new();
-    for t in proxies.iter().chain([&ceiling]) {
-        running.push((t.start)(&env.on(t.port))?);
+    for t in &systems {
+        running.push((t.start)(&env.at(t))?);
     }
-    let pid = |name: &str| -> Option<u32> {
-        proxies
+    let pid = |t: &Target| -> Option<u32> {
+        systems
             .iter()
-            .chain([&ceiling])
-            .position(|t| t.name == name)
+            .position(|s| std::ptr::eq(s, t))
             .map(|i| running[i].1)
     };
     std::thread::sleep(Duration::from_millis(500));
     // (scenario, target, loadgen arguments, path)
     let mut plan: Vec<(&str, &Target, &[&str], &str)> = Vec::new();
     for (id, _, path, args, on_direct) in SCENARIOS {
-        for t in &proxies {
+        for t in proxies {
             plan.push((id, t, args, path));
         }
         if *on_direct {
             plan.push((id, &direct, args, path));
         }
         if *id == "c" {
-            plan.push((id, &ceiling, args, path));
+            plan.push((id, ceiling, args, path));
         }
     }
-    plan.push((
-        "g",
-        &proxies[0],
-        &["--transport-header", "-c", "10", "--streams", "10"],
-        "/",
-    ));
+    plan.push(("g", &proxies[0], TRANSPORT_HEADER_10X10, "/"));
+    // (h), the production path: the gateway called as Linkerd source proxies call it, the
+    // peers (which cannot read the transport header) with HTTP/2, and the gateway with HTTP/2
+    // too ("h-h2"), like for like with them.
+    plan.push(("h", &meshed[0], TRANSPORT_HEADER_10X10, "/"));
+    plan.push(("h-h2", &meshed[0], H2_10X10, "/"));
+    for t in &meshed[1..] {
+        plan.push(("h", t, H2_10X10, "/"));
+    }
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); plan.len()];
     for rep in 1..=opts.repeats {
         println!("==> round {rep} of {}", opts.repeats);
         for (i, (id, t, args, path)) in plan.iter().enumerate() {
-            let report = loadgen(&env, &opts, t, path, args, pid(t.name))?;
+            let report = loadgen(&env, &opts, t, path, args, pid(t))?;
             println!(
                 "    {id} {:>18}: {:>9.0} req/s",
                 t.name,
@@ -677,9 +800,9 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
     // (f) memory: each proxy alone and freshly started, idle, then holding many idle mTLS
     // connections.
     let mut memory: Vec<Value> = Vec::new();
-    for t in &proxies {
+    for t in proxies {
         let port = t.port;
-        let (proc_, pid) = (t.start)(&env.on(port))?;
+        let (proc_, pid) = (t.start)(&env.at(t))?;
         std::thread::sleep(Duration::from_millis(500));
         let fresh_rss = rss_bytes(pid);
         let mut c = pinned(CLIENT_CORE, &bin.join("xtask"));
@@ -727,7 +850,7 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
         );
         memory.push(json!({"target": t.name, "idle_rss_bytes": fresh_rss, "connections": held, "rss_with_connections_bytes": loaded_rss, "bytes_per_connection": per_conn}));
     }
-    drop(backend_proc);
+    drop(backend_procs);
 
     let versions = json!({
         "gateway": git_head(),
@@ -877,6 +1000,29 @@ fn table(doc: &Value) -> String {
         "| (g) transport-header mode, 10 x 10 streams | req/s | {:.0} (per proxy CPU-s: {:.0}) | | | | | |\n",
         v("g", "gateway", "requests_per_second"),
         v("g", "gateway", "requests_per_proxy_cpu_second")
+    );
+    let row_h = |metric: &str, key: &str| {
+        let (g, n, h) = (
+            v("h", "gateway", key),
+            v("h", "nginx", key),
+            v("h", "haproxy", key),
+        );
+        format!(
+            "| (h) meshed upstream (mTLS, HTTP/2; nginx: HTTP/1.1), 10 x 10 streams in (gateway: transport header) | {metric} | {g:.0} | {n:.0} | {h:.0} | - | {} | {} |\n",
+            ratio(g, n),
+            ratio(g, h)
+        )
+    };
+    md += &row_h("req/s", "requests_per_second");
+    md += &row_h("req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
+    md += &format!(
+        "| (h) the gateway with HTTP/2 in, like the peers | req/s | {:.0} (per proxy CPU-s: {:.0}: {} haproxy's) | | | | | |\n",
+        v("h-h2", "gateway", "requests_per_second"),
+        v("h-h2", "gateway", "requests_per_proxy_cpu_second"),
+        ratio(
+            v("h-h2", "gateway", "requests_per_proxy_cpu_second"),
+            v("h", "haproxy", "requests_per_proxy_cpu_second")
+        )
     );
     md += "\n| (f) Memory | idle RSS MiB | RSS with idle mTLS connections MiB | KiB per connection |\n|---|---|---|---|\n";
     for m in doc["memory"].as_array().into_iter().flatten() {

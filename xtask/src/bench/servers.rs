@@ -54,29 +54,67 @@ fn static_file_response(body: Bytes, h1: bool) -> Response<Full<Bytes>> {
     r
 }
 
-/// `/` answers the 1 KiB document; `/big` 1 MiB. HTTP/1.1 and h2c.
-pub async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
+/// `/` answers the 1 KiB document; `/big` 1 MiB. HTTP/1.1 and h2c on `listen`; with `mesh`,
+/// also as a meshed workload on its own port: mTLS with the identity in `web.crt`, a client
+/// certificate from the bench anchor required, HTTP/2 by prior knowledge or HTTP/1.1, as a
+/// Linkerd inbound proxy takes what a gateway originates (scenario (h)).
+pub async fn backend(listen: SocketAddr, mesh: Option<(SocketAddr, &Path)>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    let small = json_1k();
-    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let bodies = Bodies {
+        small: json_1k(),
+        big: Bytes::from(vec![b'x'; 1 << 20]),
+    };
+    if let Some((addr, dir)) = mesh {
+        let anchors = TrustAnchors::load(&dir.join("root.crt"))?;
+        let creds = Credentials::load(&dir.join("web.crt"), &dir.join("web.key"))?;
+        // No ALPN: the gateway, like a Linkerd proxy, offers none to a meshed HTTP/2 endpoint.
+        let cfg = identity::tls::server_config(CertStore::new(&creds)?, &anchors, &[])?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let mesh_listener = TcpListener::bind(addr).await?;
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = mesh_listener.accept().await {
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, bodies) = (acceptor.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        bodies.serve(tls).await;
+                    }
+                });
+            }
+        });
+    }
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
-        let (small, big) = (small.clone(), big.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = if req.uri().path() == "/big" {
-                    big.clone()
-                } else {
-                    small.clone()
-                };
-                let h1 = req.version() < http::Version::HTTP_2;
-                async move { Ok::<_, Infallible>(static_file_response(body, h1)) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+        tokio::spawn(bodies.clone().serve(tcp));
+    }
+}
+
+/// The backend's two answers.
+#[derive(Clone)]
+struct Bodies {
+    small: Bytes,
+    big: Bytes,
+}
+
+impl Bodies {
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let body = if req.uri().path() == "/big" {
+                self.big.clone()
+            } else {
+                self.small.clone()
+            };
+            let h1 = req.version() < http::Version::HTTP_2;
+            async move { Ok::<_, Infallible>(static_file_response(body, h1)) }
         });
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
     }
 }
 
@@ -166,5 +204,24 @@ pub async fn hold(
     let mut sink = [0u8; 64];
     while !matches!(stdin.read(&mut sink).await, Ok(0) | Err(_)) {}
     drop(held);
+    Ok(())
+}
+
+/// `linkerd-destination` for scenario (h): the bench's authority resolves to `endpoint`, a
+/// meshed workload with web's identity and the `h2` hint, so the gateway originates mTLS
+/// HTTP/2 to it as it does in a cluster. Runs until interrupted.
+pub async fn destination(listen: SocketAddr, endpoint: SocketAddr) -> anyhow::Result<()> {
+    use control_plane::{DestinationAnswer, DestinationStub, StubEndpoint};
+    let stub = DestinationStub::start(listen).await;
+    stub.set(
+        super::AUTHORITY,
+        DestinationAnswer::Endpoints(vec![StubEndpoint {
+            addr: endpoint,
+            identity: Some(crate::demo::WEB_ID.to_string()),
+            http2: true,
+            opaque_transport: None,
+        }]),
+    );
+    tokio::signal::ctrl_c().await?;
     Ok(())
 }

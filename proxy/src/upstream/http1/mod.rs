@@ -537,9 +537,10 @@ impl Http1Body {
 }
 
 enum Inner {
-    /// HTTP/2 and upgrades: hyper's body.
+    /// Upgrades: hyper's body.
     Hyper(Incoming),
     Http1(Http1Body),
+    Http2(crate::body::H2Body),
 }
 
 /// Why a response body from an upstream stopped short.
@@ -549,10 +550,12 @@ pub enum UpstreamBodyError {
     Hyper(#[from] hyper::Error),
     #[error(transparent)]
     Http1(#[from] Http1BodyError),
+    #[error(transparent)]
+    Http2(#[from] h2::Error),
 }
 
-/// A response body from an upstream: hyper's (HTTP/2, upgrades) or read from a pooled
-/// HTTP/1.1 connection, which it returns to its pool once read to the end.
+/// A response body from an upstream: read from a pooled HTTP/1.1 connection (which it
+/// returns to its pool once read to the end), from an HTTP/2 stream, or hyper's (upgrades).
 pub struct UpstreamBody {
     inner: Inner,
     /// The caller's request stays open (for its connection's idle watchdog) until this body
@@ -571,8 +574,12 @@ impl UpstreamBody {
         }
     }
 
-    pub(super) fn unpooled(inner: Incoming) -> Self {
+    pub(crate) fn unpooled(inner: Incoming) -> Self {
         Self::new(Inner::Hyper(inner))
+    }
+
+    pub(crate) fn http2(inner: crate::body::H2Body) -> Self {
+        Self::new(Inner::Http2(inner))
     }
 
     /// Keeps the caller's request open (and its place in the caller's budget) while this
@@ -612,6 +619,7 @@ impl UpstreamBody {
         match &self.inner {
             Inner::Hyper(b) => b.is_end_stream(),
             Inner::Http1(b) => b.is_end_stream(),
+            Inner::Http2(b) => b.is_end_stream(),
         }
     }
 }
@@ -642,6 +650,7 @@ impl Body for UpstreamBody {
         let frame = match &mut this.inner {
             Inner::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inner::Http1(b) => b.poll_frame(cx).map_err(Into::into),
+            Inner::Http2(b) => b.poll_frame(cx).map_err(Into::into),
         };
         this.observe(&frame);
         frame
@@ -655,6 +664,7 @@ impl Body for UpstreamBody {
         match &self.inner {
             Inner::Hyper(b) => b.size_hint(),
             Inner::Http1(b) => b.size_hint(),
+            Inner::Http2(b) => b.size_hint(),
         }
     }
 }
