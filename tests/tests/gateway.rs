@@ -644,6 +644,60 @@ async fn http2_upstream_streams_bodies_both_ways_under_flow_control() {
     assert_eq!(body_text(resp).await, "received 5\n");
 }
 
+/// An HTTP/2 endpoint that takes a request and then goes silent (a host gone without a reset):
+/// its unanswered keep-alive PING ends the connection after about 13 s (10 s to the PING, 3 s
+/// for the answer), so the request fails then, with a 502, instead of waiting out the 30 s
+/// response timeout, and the next request dials afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_http2_endpoint_is_dropped_by_its_unanswered_ping() {
+    let fx = Fixture::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                continue;
+            };
+            // Takes the request, then never polls the connection again: no answer, no PONG.
+            if let Some(Ok(stream)) = conn.accept().await {
+                let _ = accepted_tx.send(()).await;
+                held.push((conn, stream));
+            }
+        }
+    });
+    let gw = Gateway::start(&fx, &["--route", &format!("{WEB_SVC}:80=h2://{silent}")]);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let req = Request::get(format!("http://{WEB_SVC}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(40), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{}", gw.log_text());
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(25),
+        "failed after {waited:?}"
+    );
+    assert!(accepted.recv().await.is_some());
+    // The connection was given up: the next request opens another one.
+    let req = Request::get(format!("http://{WEB_SVC}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(async move { send.send_request(req).await });
+    tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+        .await
+        .expect("a second connection to the endpoint")
+        .unwrap();
+    pending.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_deadline_and_connection_cap() {
     use tokio::io::AsyncReadExt;
