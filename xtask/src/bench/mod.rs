@@ -3,9 +3,11 @@
 //! proxy runs alone, pinned to core 1; loadgen and the backend share core 0. Every scenario is
 //! repeated and the median reported. Because two cores force loadgen and the backend to share
 //! one, the table also gives requests per proxy CPU-second (measured from /proc), which holds
-//! whichever side saturates first.
+//! whichever side saturates first. Scenario (h) runs a second instance of each proxy toward a
+//! meshed backend (mTLS, HTTP/2); (a) also runs with oha, a client on OpenSSL ([`oha`]).
 
 pub mod cost;
+mod oha;
 pub mod servers;
 
 use std::{
@@ -792,9 +794,31 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
             runs[i].push(report);
         }
     }
+    // (a) again with the second client, round-robin as above.
+    let mut oha_runs: Vec<Vec<Value>> = vec![Vec::new(); proxies.len()];
+    if let Some(oha) = oha::ensure() {
+        for rep in 1..=opts.repeats {
+            println!("==> (a) with oha, round {rep} of {}", opts.repeats);
+            for (i, t) in proxies.iter().enumerate() {
+                let Some(pid) = pid(t) else { continue };
+                let report = oha::run(&oha, &dir, t.port, pid, opts.warmup + opts.duration)?;
+                println!(
+                    "    a-oha {:>14}: {:>9.0} req/s",
+                    t.name,
+                    f(&report, &["requests_per_second"])
+                );
+                oha_runs[i].push(report);
+            }
+        }
+    }
     drop(running);
     for ((id, t, _, _), r) in plan.iter().zip(runs) {
         record(id, t.name, r);
+    }
+    for (t, r) in proxies.iter().zip(oha_runs) {
+        if !r.is_empty() {
+            record("a-oha", t.name, r);
+        }
     }
 
     // (f) memory: each proxy alone and freshly started, idle, then holding many idle mTLS
@@ -1001,6 +1025,22 @@ fn table(doc: &Value) -> String {
         v("g", "gateway", "requests_per_second"),
         v("g", "gateway", "requests_per_proxy_cpu_second")
     );
+    let row_oha = |metric: &str, key: &str| {
+        let (g, n, h) = (
+            v("a-oha", "gateway", key),
+            v("a-oha", "nginx", key),
+            v("a-oha", "haproxy", key),
+        );
+        format!(
+            "| (a) with oha (OpenSSL client), 64 connections | {metric} | {g:.0} | {n:.0} | {h:.0} | - | {} | {} |\n",
+            ratio(g, n),
+            ratio(g, h)
+        )
+    };
+    if get(doc, "a-oha", "gateway").is_some() {
+        md += &row_oha("req/s", "requests_per_second");
+        md += &row_oha("req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
+    }
     let row_h = |metric: &str, key: &str| {
         let (g, n, h) = (
             v("h", "gateway", key),
