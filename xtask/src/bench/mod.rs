@@ -1025,36 +1025,30 @@ fn table(doc: &Value) -> String {
         v("g", "gateway", "requests_per_second"),
         v("g", "gateway", "requests_per_proxy_cpu_second")
     );
-    let row_oha = |metric: &str, key: &str| {
+    // A row of the three proxies, without a direct baseline, for the scenarios after (e).
+    let proxies_row = |id: &str, what: &str, metric: &str, key: &str| {
         let (g, n, h) = (
-            v("a-oha", "gateway", key),
-            v("a-oha", "nginx", key),
-            v("a-oha", "haproxy", key),
+            v(id, "gateway", key),
+            v(id, "nginx", key),
+            v(id, "haproxy", key),
         );
         format!(
-            "| (a) with oha (OpenSSL client), 64 connections | {metric} | {g:.0} | {n:.0} | {h:.0} | - | {} | {} |\n",
+            "| {what} | {metric} | {g:.0} | {n:.0} | {h:.0} | - | {} | {} |\n",
             ratio(g, n),
             ratio(g, h)
         )
     };
-    if get(doc, "a-oha", "gateway").is_some() {
-        md += &row_oha("req/s", "requests_per_second");
-        md += &row_oha("req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
+    for (id, what) in [
+        ("a-oha", "(a) with oha (OpenSSL client), 64 connections"),
+        ("h", "(h) meshed upstream (mTLS, HTTP/2; nginx: HTTP/1.1), 10 x 10 streams in (gateway: transport header)"),
+    ] {
+        // oha is optional: without it, no row rather than a row of zeros.
+        if get(doc, id, "gateway").is_none() && id == "a-oha" {
+            continue;
+        }
+        md += &proxies_row(id, what, "req/s", "requests_per_second");
+        md += &proxies_row(id, what, "req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
     }
-    let row_h = |metric: &str, key: &str| {
-        let (g, n, h) = (
-            v("h", "gateway", key),
-            v("h", "nginx", key),
-            v("h", "haproxy", key),
-        );
-        format!(
-            "| (h) meshed upstream (mTLS, HTTP/2; nginx: HTTP/1.1), 10 x 10 streams in (gateway: transport header) | {metric} | {g:.0} | {n:.0} | {h:.0} | - | {} | {} |\n",
-            ratio(g, n),
-            ratio(g, h)
-        )
-    };
-    md += &row_h("req/s", "requests_per_second");
-    md += &row_h("req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
     md += &format!(
         "| (h) the gateway with HTTP/2 in, like the peers | req/s | {:.0} (per proxy CPU-s: {:.0}: {} haproxy's) | | | | | |\n",
         v("h-h2", "gateway", "requests_per_second"),
