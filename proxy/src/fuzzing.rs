@@ -22,6 +22,12 @@ pub fn upstream_response(data: &[u8]) {
     crate::upstream::fuzz_http1_response(data)
 }
 
+/// Service response heads one after another on one connection: built from the connection's
+/// template of the last response's fields, each comes out exactly as parsed afresh.
+pub fn upstream_response_template(data: &[u8]) {
+    crate::upstream::fuzz_http1_template(data)
+}
+
 /// A tap request as the tap controller sends it (protobuf): the match is compiled and, when
 /// accepted, evaluated against requests from IPv4 and IPv6 callers to a labelled endpoint.
 /// Returns whether it compiled.

@@ -124,6 +124,13 @@ enum Cmd {
         large: u64,
         #[arg(long, default_value = "benches/results")]
         out: PathBuf,
+        /// Only the scenarios whose name contains this text (e.g. `HTTP/1.1`, `meshed`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Keep each scenario's callgrind profile of the larger run in this directory
+        /// (`callgrind.N.out`, N the scenario's row) for `callgrind_annotate`.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
     },
     /// Everything CI runs, on a fresh machine too: installs what the tests need, then fmt,
     /// clippy, rustdoc, the test suite and a fuzz smoke; ends with `tests: N passed, N failed`.
@@ -363,11 +370,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             repeats: repeats.max(1),
             idle_connections,
         }),
-        Cmd::BenchCost { small, large, out } => bench::run_cost(bench::cost::CostOptions {
-            out: std::env::current_dir()?.join(out),
+        Cmd::BenchCost {
             small,
             large,
-        }),
+            out,
+            only,
+            profiles,
+        } => {
+            let cwd = std::env::current_dir()?;
+            bench::run_cost(bench::cost::CostOptions {
+                out: cwd.join(out),
+                small,
+                large,
+                only,
+                profiles: profiles.map(|p| cwd.join(p)),
+            })
+        }
         Cmd::BenchBackend {
             listen,
             mesh_listen,

@@ -20,7 +20,7 @@ use crate::body::CallerBody;
 use http::{Request, Response};
 
 #[doc(hidden)]
-pub use self::http1::fuzz_response as fuzz_http1_response;
+pub use self::http1::{fuzz_response as fuzz_http1_response, fuzz_template as fuzz_http1_template};
 pub use self::{
     dial::{Alpn, Dialer, MeshTls, UpstreamIo},
     http1::UpstreamBody,

@@ -26,6 +26,11 @@ pub struct CostOptions {
     pub out: PathBuf,
     pub small: u64,
     pub large: u64,
+    /// Only the scenarios whose name contains this (all when `None`).
+    pub only: Option<String>,
+    /// Keep the larger run's callgrind profile of each scenario here, for
+    /// `callgrind_annotate --inclusive=yes`: where the instructions go, not only how many.
+    pub profiles: Option<PathBuf>,
 }
 
 /// (name, server, loadgen arguments, divisor for the request counts: handshakes cost about
@@ -75,8 +80,6 @@ struct Env {
     backends: Backends,
 }
 
-/// Runs the gateway under `wrapper` (a command prefix), sends `n` requests, stops it with
-/// SIGINT so the wrapper writes its report, and returns once it has exited.
 /// What serves the requests.
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
@@ -86,6 +89,8 @@ enum Server {
     AcceptLoop,
 }
 
+/// Runs the gateway under `wrapper` (a command prefix), sends `n` requests, stops it with
+/// SIGINT so the wrapper writes its report, and returns once it has exited.
 fn serve(
     env: &Env,
     wrapper: &[String],
@@ -241,13 +246,24 @@ pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> 
         opts.small,
         opts.large
     );
-    for (name, server, args, divisor) in SCENARIOS {
+    if let Some(dir) = &opts.profiles {
+        std::fs::create_dir_all(dir)?;
+    }
+    let chosen = SCENARIOS
+        .iter()
+        .enumerate()
+        .filter(|(_, (name, ..))| opts.only.as_deref().is_none_or(|o| name.contains(o)));
+    for (i, (name, server, args, divisor)) in chosen {
         let (small, large) = (opts.small / divisor, opts.large / divisor);
         let span = (large - small) as f64;
         println!("==> {name}: callgrind, {small} and {large} requests");
-        let ir = (instructions(&env, *server, args, large)?
-            - instructions(&env, *server, args, small)?)
-            / span;
+        let ir_large = instructions(&env, *server, args, large)?;
+        if let Some(dir) = &opts.profiles {
+            let kept = dir.join(format!("callgrind.{}.out", i + 1));
+            std::fs::copy(env.dir.join("callgrind.out"), &kept)?;
+            println!("    profile of {large} requests: {}", kept.display());
+        }
+        let ir = (ir_large - instructions(&env, *server, args, small)?) / span;
         println!("==> {name}: strace, {small} and {large} requests");
         let (a, b) = (
             syscalls(&env, *server, args, small)?,
@@ -269,8 +285,11 @@ pub fn run(opts: CostOptions, bin: &Path, dir: &Path) -> anyhow::Result<String> 
         md += &format!("| {name} | {ir:.0} | {total:.2} | {detail} |\n");
     }
     drop(backend_procs);
-    std::fs::create_dir_all(&opts.out)?;
-    std::fs::write(opts.out.join("cost.md"), &md)?;
+    // A partial table would overwrite the recorded one: only a full run writes it.
+    if opts.only.is_none() {
+        std::fs::create_dir_all(&opts.out)?;
+        std::fs::write(opts.out.join("cost.md"), &md)?;
+    }
     Ok(md)
 }
 

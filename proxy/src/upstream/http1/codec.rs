@@ -11,6 +11,7 @@ use std::mem::MaybeUninit;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use super::template::HeadTemplate;
 use crate::decimal::Decimal;
 
 /// Longest response head (status line and headers), and longest trailer section, taken from
@@ -201,15 +202,21 @@ pub enum Parsed {
 }
 
 /// Where one header field lies in the head's bytes.
-struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
+#[derive(Debug, Clone)]
+pub(super) struct Span {
+    pub(super) name: (usize, usize),
+    pub(super) value: (usize, usize),
 }
 
 /// Parses the response head at the start of `buf` and takes its bytes off the buffer.
 /// `Ok(None)`: the head is not complete yet. `method` is the request's (a response to HEAD
-/// has no body).
-pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Http1Error> {
+/// has no body). `template` is the connection's: the last response's fields, from which this
+/// one's map is built when the names match.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+    template: &mut HeadTemplate,
+) -> Result<Option<Parsed>, Http1Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -264,14 +271,7 @@ pub fn parse_response(buf: &mut BytesMut, method: &Method) -> Result<Option<Pars
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for span in &spans {
-        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| Http1Error::BadHead)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-            .map_err(|_| Http1Error::BadHead)?;
-        headers.append(name, value);
-    }
+    let headers = template.headers(&head, &spans)?;
     let body = fields.framing(version)?;
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -553,7 +553,7 @@ pub fn fuzz_response(data: &[u8]) {
     let mut pieces = data.chunks(step);
     let mut interim = 0;
     let head = loop {
-        match parse_response(&mut buf, &method) {
+        match parse_response(&mut buf, &method, &mut HeadTemplate::default()) {
             Ok(Some(Parsed::Final(h))) => break h,
             Ok(Some(Parsed::Interim)) => {
                 interim += 1;
@@ -599,7 +599,11 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8]) -> Result<Option<Parsed>, Http1Error> {
-        parse_response(&mut BytesMut::from(bytes), &Method::GET)
+        parse_response(
+            &mut BytesMut::from(bytes),
+            &Method::GET,
+            &mut HeadTemplate::default(),
+        )
     }
 
     fn head(bytes: &[u8]) -> ResponseHead {
@@ -678,6 +682,7 @@ mod tests {
         match parse_response(
             &mut BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]),
             &Method::HEAD,
+            &mut HeadTemplate::default(),
         ) {
             Ok(Some(Parsed::Final(h))) => assert_eq!(h.framing, BodyFraming::Empty),
             other => panic!("{other:?}"),
@@ -690,11 +695,11 @@ mod tests {
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_response(&mut buf, &Method::GET),
+            parse_response(&mut buf, &Method::GET, &mut HeadTemplate::default()),
             Ok(Some(Parsed::Interim))
         ));
         assert!(matches!(
-            parse_response(&mut buf, &Method::GET),
+            parse_response(&mut buf, &Method::GET, &mut HeadTemplate::default()),
             Ok(Some(Parsed::Final(_)))
         ));
         assert!(buf.is_empty());

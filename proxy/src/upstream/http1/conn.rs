@@ -15,6 +15,7 @@ use tokio::io::AsyncWrite;
 
 use super::{
     codec::{self, RequestFraming},
+    template::HeadTemplate,
     ReqBody,
 };
 use crate::upstream::UpstreamIo;
@@ -34,6 +35,8 @@ pub(crate) struct Conn {
     read_size: usize,
     /// The service closed its side (or the socket failed): nothing more will arrive.
     pub(super) eof: bool,
+    /// The last response's header fields, from which the next one's are built.
+    pub(super) template: HeadTemplate,
 }
 
 impl Conn {
@@ -43,6 +46,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             read_size: READ_MIN,
             eof: false,
+            template: HeadTemplate::default(),
         }
     }
 

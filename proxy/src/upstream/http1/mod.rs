@@ -11,6 +11,7 @@
 
 mod codec;
 mod conn;
+mod template;
 
 pub(super) use self::conn::Conn;
 
@@ -41,7 +42,7 @@ use crate::{
 };
 
 #[doc(hidden)]
-pub use self::codec::fuzz_response;
+pub use self::{codec::fuzz_response, template::fuzz_template};
 
 /// A pooled connection re-used this many times in a row without getting a request through
 /// (each closed by the server just before) makes the next attempt use a new connection.
@@ -230,7 +231,7 @@ async fn exchange(
             }
         }
         loop {
-            match codec::parse_response(&mut conn.rbuf, method) {
+            match codec::parse_response(&mut conn.rbuf, method, &mut conn.template) {
                 Ok(Some(Parsed::Final(head))) => return Poll::Ready(Ok(head)),
                 Ok(Some(Parsed::Interim)) => {
                     interim += 1;
