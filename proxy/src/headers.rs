@@ -20,6 +20,63 @@ pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The fields the gateway writes into every request it forwards: `Host` (toward HTTP/1
+/// services), its verified `l5d-client-id`, `l5d-dst-canonical`, and its `Forwarded` element.
+/// The first three replace whatever the caller sent under those names; `Forwarded` follows
+/// the caller's.
+///
+/// Toward HTTP/2 they go into the request's header map ([`GatewayFields::insert_into`]). Toward
+/// an HTTP/1 service the upstream codec writes them itself while it writes the caller's fields
+/// ([`GatewayFields::replaces`]): inserting them into the caller's map grew and rehashed it on
+/// nearly every request (its capacity is the caller's field count), which cost more than
+/// writing the head.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayFields {
+    pub host: Option<HeaderValue>,
+    pub client_id: Option<HeaderValue>,
+    pub canonical: Option<HeaderValue>,
+    pub forwarded: Option<HeaderValue>,
+}
+
+impl GatewayFields {
+    /// Whether the caller's field `name` is replaced by one of these, and so not forwarded.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        (self.host.is_some() && name == header::HOST)
+            || (self.client_id.is_some() && name == L5D_CLIENT_ID)
+            || (self.canonical.is_some() && name == L5D_DST_CANONICAL)
+    }
+
+    /// These fields as `name: value` lines, in the order an HTTP/1 head carries them after the
+    /// caller's fields.
+    pub fn lines(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> {
+        [
+            ("host", &self.host),
+            ("l5d-client-id", &self.client_id),
+            ("l5d-dst-canonical", &self.canonical),
+            ("forwarded", &self.forwarded),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| (name, v)))
+    }
+
+    /// Writes these fields into `headers`, with the same meaning as [`GatewayFields::lines`]
+    /// written after the caller's fields minus those [`GatewayFields::replaces`].
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        if let Some(v) = self.host {
+            headers.insert(header::HOST, v);
+        }
+        if let Some(v) = self.client_id {
+            headers.insert(L5D_CLIENT_ID, v);
+        }
+        if let Some(v) = self.canonical {
+            headers.insert(L5D_DST_CANONICAL, v);
+        }
+        if let Some(v) = self.forwarded {
+            headers.append(FORWARDED, v);
+        }
+    }
+}
+
 /// `HTTP/1.1` or `HTTP/1.0`, optionally followed by `; absolute-form`.
 pub fn parse_orig_proto(v: &HeaderValue) -> Option<Version> {
     let s = v.to_str().ok()?;

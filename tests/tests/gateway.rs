@@ -70,6 +70,10 @@ async fn curl_http1_and_http2_through_the_gateway() {
                 "x-secret: 1",
                 "-H",
                 "l5d-client-id: forged",
+                "-H",
+                "l5d-dst-canonical: forged",
+                "-H",
+                "Forwarded: for=192.0.2.7",
                 &url(&gw, "/echo"),
             ],
         )
@@ -88,9 +92,10 @@ async fn curl_http1_and_http2_through_the_gateway() {
             body.contains(&format!("l5d-client-id={VOTE_BOT_ID}\n")),
             "{body}"
         );
+        // The caller's `Forwarded` first, then the gateway's; the forged fields replaced.
         assert!(
             body.contains(&format!(
-                "forwarded=by={GATEWAY_ID};for={VOTE_BOT_ID};host={WEB_SVC};proto=https"
+                "forwarded=for=192.0.2.7 | by={GATEWAY_ID};for={VOTE_BOT_ID};host={WEB_SVC};proto=https\n"
             )),
             "{body}"
         );

@@ -36,8 +36,7 @@ use crate::{
     exchange::{self, AccessLine, Exchange},
     headers::{
         is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
-        FORWARDED, L5D_CLIENT_ID, L5D_DST_CANONICAL, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION,
-        L5D_PROXY_ERROR,
+        GatewayFields, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION, L5D_PROXY_ERROR,
     },
     log_limit, message, metrics,
     routing::{Endpoint, Protocol, Target},
@@ -497,12 +496,13 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers, upgrading);
+    let mut added = GatewayFields::default();
     match wire {
         Wire::Http1(version) => {
             // HTTP/1.1 servers get origin-form (`/path?query`), whatever form the caller used.
             parts.uri = origin_form(&parts.uri);
             parts.version = version;
-            headers.insert(header::HOST, target.host_header.clone());
+            added.host = Some(target.host_header.clone());
         }
         Wire::Http2 | Wire::Http1OverHttp2(_) => {
             // HTTP/2 servers (and Linkerd proxies) read the service's name from `:authority`.
@@ -515,28 +515,36 @@ async fn proxy(
             }
         }
     }
-    let client_id = ctx
-        .client_id_header
-        .clone()
-        .ok_or(ProxyError::BadAuthority)?;
-    headers.insert(L5D_CLIENT_ID, client_id);
+    added.client_id = Some(
+        ctx.client_id_header
+            .clone()
+            .ok_or(ProxyError::BadAuthority)?,
+    );
     // As Linkerd's gateway does on its outbound side: the service's fully qualified name.
-    headers.insert(L5D_DST_CANONICAL, target.canonical_header.clone());
+    added.canonical = Some(target.canonical_header.clone());
     let mut forwarded = String::with_capacity(ctx.forwarded_prefix.len() + 80);
     forwarded.push_str(&ctx.forwarded_prefix);
     forwarded.push_str(&target.host);
     forwarded.push_str(";proto=https");
-    headers.append(
-        FORWARDED,
+    added.forwarded = Some(
         HeaderValue::from_maybe_shared(Bytes::from(forwarded))
             .map_err(|_| ProxyError::BadAuthority)?,
     );
+    // Toward an HTTP/1 service (but for upgrades, which hyper's client writes) the codec writes
+    // these fields itself; everywhere else they go into the map.
+    let added = match wire {
+        Wire::Http1(_) if !upgrading => added,
+        _ => {
+            added.insert_into(headers);
+            GatewayFields::default()
+        }
+    };
 
     let mut req = Request::from_parts(parts, body);
     let mut inflight = inflight;
     let mut retried = false;
     let mut resp = loop {
-        match send(gw, wire, upgrading, inflight.endpoint(), req).await {
+        match send(gw, wire, upgrading, inflight.endpoint(), req, &added).await {
             Ok(resp) => {
                 inflight.endpoint().succeeded();
                 break resp;
@@ -634,6 +642,7 @@ async fn send(
     upgrading: bool,
     endpoint: &Arc<Endpoint>,
     req: Request<CallerBody>,
+    added: &GatewayFields,
 ) -> Result<Response<UpstreamBody>, SendError> {
     match wire {
         Wire::Http2 | Wire::Http1OverHttp2(_) => {
@@ -642,7 +651,7 @@ async fn send(
         Wire::Http1(_) if upgrading => Box::pin(gw.upstreams.send_upgrade(endpoint, req))
             .await
             .map_err(SendError::from),
-        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req).await,
+        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req, added).await,
     }
 }
 

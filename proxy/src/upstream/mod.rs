@@ -25,7 +25,7 @@ pub use self::{
     dial::{Alpn, Dialer, MeshTls, UpstreamIo},
     http1::UpstreamBody,
 };
-use crate::{errors::ProxyError, routing::Endpoint};
+use crate::{errors::ProxyError, headers::GatewayFields, routing::Endpoint};
 
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamConfig {
@@ -194,8 +194,9 @@ impl Upstreams {
         &self,
         endpoint: &Arc<Endpoint>,
         req: Request<CallerBody>,
+        added: &GatewayFields,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let attempt = http1::send(&self.shared, endpoint, req);
+        let attempt = http1::send(&self.shared, endpoint, req, added);
         match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
             Err(_) => Err(ProxyError::ResponseTimeout.into()),
             Ok(r) => r,
@@ -302,7 +303,9 @@ mod tests {
                             let resp = if h2 {
                                 upstreams.send_http2(&endpoint, req).await
                             } else {
-                                upstreams.send_http1(&endpoint, req).await
+                                upstreams
+                                    .send_http1(&endpoint, req, &GatewayFields::default())
+                                    .await
                             };
                             match resp {
                                 Ok(r) => Ok(r.map(|b| b.boxed())),

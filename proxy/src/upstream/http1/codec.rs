@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 use super::template::HeadTemplate;
-use crate::decimal::Decimal;
+use crate::{decimal::Decimal, headers::GatewayFields};
 
 /// Longest response head (status line and headers), and longest trailer section, taken from
 /// a service: as much as the connection's read buffer holds.
@@ -100,9 +100,14 @@ impl RequestFraming {
 }
 
 /// Writes a request head: request line, the caller's headers as rewritten by the gateway
-/// (hop-by-hop fields already gone) and the framing the gateway chose. `Content-Length` is
-/// always the gateway's own, so the framing and the header cannot disagree.
-pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming) -> Bytes {
+/// (hop-by-hop fields already gone) but those `added` replaces, then `added`, and the framing
+/// the gateway chose. `Content-Length` is always the gateway's own, so the framing and the
+/// header cannot disagree.
+pub fn encode_request_head(
+    parts: &http::request::Parts,
+    framing: RequestFraming,
+    added: &GatewayFields,
+) -> Bytes {
     let target = parts
         .uri
         .path_and_query()
@@ -115,6 +120,9 @@ pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming
     for (name, value) in &parts.headers {
         len += name.as_str().len() + value.len() + 4;
     }
+    for (name, value) in added.lines() {
+        len += name.len() + value.len() + 4;
+    }
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -125,13 +133,13 @@ pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming
         b" HTTP/1.1\r\n"
     });
     for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH {
+        if name == header::CONTENT_LENGTH || added.replaces(name) {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(&mut out, name.as_str(), value);
+    }
+    for (name, value) in added.lines() {
+        put_field(&mut out, name, value);
     }
     match framing {
         RequestFraming::None => {}
@@ -147,6 +155,13 @@ pub fn encode_request_head(parts: &http::request::Parts, framing: RequestFraming
     }
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
+}
+
+fn put_field(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The line that opens a chunk of `len` bytes.
@@ -622,15 +637,19 @@ mod tests {
             .unwrap()
             .into_parts();
         parts.version = Version::HTTP_11;
-        let out = encode_request_head(&parts, RequestFraming::Length(12));
+        let out = encode_request_head(
+            &parts,
+            RequestFraming::Length(12),
+            &GatewayFields::default(),
+        );
         assert_eq!(
             &out[..],
             b"POST /vote?x=1 HTTP/1.1\r\nhost: web-svc:80\r\ncontent-length: 12\r\n\r\n"
         );
-        let out = encode_request_head(&parts, RequestFraming::Chunked);
+        let out = encode_request_head(&parts, RequestFraming::Chunked, &GatewayFields::default());
         assert!(out.ends_with(b"host: web-svc:80\r\ntransfer-encoding: chunked\r\n\r\n"));
         parts.version = Version::HTTP_10;
-        let out = encode_request_head(&parts, RequestFraming::None);
+        let out = encode_request_head(&parts, RequestFraming::None, &GatewayFields::default());
         assert!(out.starts_with(b"POST /vote?x=1 HTTP/1.0\r\n"));
         assert!(out.ends_with(b"connection: keep-alive\r\n\r\n"));
     }

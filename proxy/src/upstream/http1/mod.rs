@@ -34,6 +34,7 @@ use self::{
     conn::{Outgoing, WriteError},
 };
 use super::{dial::Alpn, SendError, Shared};
+use crate::headers::GatewayFields;
 use crate::{
     body::CallerBody,
     errors::ProxyError,
@@ -58,6 +59,7 @@ pub(super) async fn send(
     shared: &Arc<Shared>,
     endpoint: &Arc<Endpoint>,
     req: Request<CallerBody>,
+    added: &GatewayFields,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let (pool, addr) = (&endpoint.pool, endpoint.addr);
     let (parts, body) = req.into_parts();
@@ -102,7 +104,7 @@ pub(super) async fn send(
             && bodiless
             && idempotent(&parts.method);
         let mut out = Outgoing::new(
-            codec::encode_request_head(&parts, framing),
+            codec::encode_request_head(&parts, framing, added),
             if bodiless { None } else { body.take() },
             framing,
         );
