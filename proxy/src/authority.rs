@@ -1,7 +1,10 @@
 //! Request authorities, normalised so that `Web-Svc.emojivoto.svc.cluster.local.` and
 //! `web-svc.emojivoto.svc.cluster.local:80` name the same route.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 use crate::{decimal::Decimal, errors::ProxyError};
 
@@ -9,8 +12,9 @@ use crate::{decimal::Decimal, errors::ProxyError};
 /// the request gave none, as plain-HTTP authorities default to it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Authority {
-    /// `host:port`, with IPv6 hosts in brackets.
-    full: Box<str>,
+    /// `host:port`, with IPv6 hosts in brackets. Shared: a connection keeps its last request's
+    /// authority and hands out clones of it.
+    full: Arc<str>,
     host_len: usize,
     port: u16,
 }
@@ -59,8 +63,8 @@ impl Authority {
                 _ => return Err(ProxyError::BadAuthority),
             },
         };
-        // One exact-size allocation (a larger one would be shrunk, a second allocation, by
-        // `into_boxed_str`), no formatting machinery: this runs for every request.
+        // Exact size, no formatting machinery (callers keep parsed authorities per connection,
+        // so this runs once per name a connection uses, not per request).
         let mut full = String::with_capacity(host.len() + 1 + port_digits(port));
         match host {
             HostBuf::Bracketed(v6) => {
@@ -74,7 +78,7 @@ impl Authority {
         full.push(':');
         full.push_str(Decimal::new(u64::from(port)).as_str());
         Ok(Self {
-            full: full.into_boxed_str(),
+            full: Arc::from(full),
             host_len,
             port,
         })
@@ -112,6 +116,28 @@ impl Authority {
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)
+    }
+}
+
+/// The last authority a connection's requests named, as sent and as parsed. Callers name the
+/// same service request after request, and normalising it cost about 1.5k instructions each
+/// time; a request naming it with the same bytes gets a clone (a reference count) instead.
+/// A lock, not a cell: an HTTP/2 connection's streams share it.
+#[derive(Default)]
+pub struct LastAuthority(Mutex<Option<(Box<str>, Authority)>>);
+
+impl LastAuthority {
+    /// [`Authority::parse`] of `raw`, reusing the last result when `raw` is the same.
+    pub fn parse(&self, raw: &str) -> Result<Authority, ProxyError> {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sent, parsed)) = &*last {
+            if **sent == *raw {
+                return Ok(parsed.clone());
+            }
+        }
+        let parsed = Authority::parse(raw)?;
+        *last = Some((raw.into(), parsed.clone()));
+        Ok(parsed)
     }
 }
 
@@ -170,6 +196,32 @@ fn push_lower(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_authority_is_reused_only_for_the_same_bytes() {
+        let last = LastAuthority::default();
+        let a = last.parse("Web-Svc.emojivoto.svc.cluster.local.").unwrap();
+        let again = last.parse("Web-Svc.emojivoto.svc.cluster.local.").unwrap();
+        assert!(
+            std::ptr::eq(a.as_str(), again.as_str()),
+            "reused, not parsed again"
+        );
+        assert_eq!(again.as_str(), "web-svc.emojivoto.svc.cluster.local:80");
+        // The same name sent otherwise is parsed (to the same authority).
+        let other = last
+            .parse("web-svc.emojivoto.svc.cluster.local:80")
+            .unwrap();
+        assert_eq!(other, a);
+        assert!(!std::ptr::eq(other.as_str(), a.as_str()));
+        // A refused one is refused every time and does not replace the last good one.
+        for _ in 0..2 {
+            assert_eq!(last.parse("a..b"), Err(ProxyError::BadAuthority));
+        }
+        let kept = last
+            .parse("web-svc.emojivoto.svc.cluster.local:80")
+            .unwrap();
+        assert!(std::ptr::eq(kept.as_str(), other.as_str()));
+    }
 
     #[test]
     fn normalises() {

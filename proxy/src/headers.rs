@@ -108,14 +108,19 @@ pub fn retarget(uri: &Uri, authority: http::uri::Authority) -> Result<Uri, http:
 
 /// `:authority` for HTTP/2 and absolute-form requests, else `Host`.
 pub fn request_authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+    Authority::parse(raw_authority(req)?)
+}
+
+/// The authority as the request gave it (see [`request_authority`]), not yet normalised.
+pub fn raw_authority<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     if let Some(a) = req.uri().authority() {
-        return Authority::parse(a.as_str());
+        return Ok(a.as_str());
     }
     let host = req
         .headers()
         .get(header::HOST)
         .ok_or(ProxyError::NoAuthority)?;
-    Authority::parse(host.to_str().map_err(|_| ProxyError::BadAuthority)?)
+    host.to_str().map_err(|_| ProxyError::BadAuthority)
 }
 
 /// Whether any `Forwarded` element says it was forwarded `by` this gateway already.

@@ -28,14 +28,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{http2, session::HttpVersion};
 use crate::{
     admission,
-    authority::Authority,
+    authority::{Authority, LastAuthority},
     body::CallerBody,
     context::{ConnCtx, Gateway, Held},
     drain::HttpServed,
     errors::ProxyError,
     exchange::{self, AccessLine, Exchange},
     headers::{
-        is_upgrade, origin_form, parse_orig_proto, request_authority, retarget, strip_hop_by_hop,
+        is_upgrade, origin_form, parse_orig_proto, raw_authority, retarget, strip_hop_by_hop,
         GatewayFields, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION, L5D_PROXY_ERROR,
     },
     log_limit, message, metrics,
@@ -216,6 +216,9 @@ const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 struct HttpConn {
     ctx: ConnCtx,
     target: Option<Arc<Target>>,
+    /// The authority of the connection's last routed request: callers name the same service
+    /// request after request.
+    last_authority: LastAuthority,
 }
 
 /// Serves HTTP on `io` until the caller closes, draining finishes it (requests in flight
@@ -230,7 +233,11 @@ pub async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(HttpConn { ctx, target });
+    let conn = Arc::new(HttpConn {
+        ctx,
+        target,
+        last_authority: LastAuthority::default(),
+    });
     let handler = {
         let conn = conn.clone();
         let gw = gw.clone();
@@ -409,7 +416,10 @@ async fn admit(
     }
     let target = match &conn.target {
         Some(t) => t.clone(),
-        None => gw.router.route(&request_authority(req)?).await?,
+        None => {
+            let authority = conn.last_authority.parse(raw_authority(req)?)?;
+            gw.router.route(&authority).await?
+        }
     };
     Ok(Some(target))
 }
