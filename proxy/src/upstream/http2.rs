@@ -221,9 +221,7 @@ pub(super) async fn send(
         .send_request(Request::from_parts(parts, ()), end)
         .map_err(|e| {
             tracing::debug!(addr = %endpoint.addr, error = %e, "upstream HTTP/2 request failed");
-            if e.is_go_away() || e.is_io() {
-                closed.store(true, Ordering::Relaxed);
-            }
+            close_if_gone(&closed, &e);
             SendError::from(ProxyError::Upstream)
         })?;
     if !end {
@@ -231,15 +229,20 @@ pub(super) async fn send(
     }
     let response = response.await.map_err(|e| {
         tracing::debug!(addr = %endpoint.addr, error = %e, "upstream HTTP/2 response failed");
-        // A stream past the endpoint's GOAWAY was refused: the connection takes no more.
-        if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-            closed.store(true, Ordering::Relaxed);
-        }
+        close_if_gone(&closed, &e);
         SendError::from(ProxyError::Upstream)
     })?;
     let (parts, recv) = response.into_parts();
     let body = H2Body::new(recv, &parts.headers);
     Ok(Response::from_parts(parts, UpstreamBody::http2(body)))
+}
+
+/// Marks the connection as taking no new request when `e` says it is going away: a GOAWAY,
+/// an I/O error, or a stream refused past the endpoint's GOAWAY.
+fn close_if_gone(closed: &Closed, e: &h2::Error) {
+    if e.is_go_away() || e.is_io() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        closed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A body whose length is known is announced, as HTTP/1.1 callers' chunked bodies are not:
@@ -301,10 +304,8 @@ async fn pipe(mut body: CallerBody, mut tx: h2::SendStream<Bytes>) {
             Ok(mut data) => {
                 let end = body.is_end_stream();
                 if data.is_empty() {
-                    if end && tx.send_data(data, true).is_err() {
-                        return;
-                    }
                     if end {
+                        let _ = tx.send_data(data, true);
                         return;
                     }
                     continue;

@@ -8,6 +8,7 @@ mod http1;
 mod http2;
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -181,11 +182,8 @@ impl Upstreams {
         endpoint: &Arc<Endpoint>,
         req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let attempt = http2::send(&self.shared, endpoint, req);
-        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
-            Err(_) => Err(ProxyError::ResponseTimeout.into()),
-            Ok(r) => r,
-        }
+        self.within_response_timeout(http2::send(&self.shared, endpoint, req))
+            .await
     }
 
     /// Sends `req` over a pooled HTTP/1.1 connection to the endpoint and waits for response
@@ -196,11 +194,19 @@ impl Upstreams {
         req: Request<CallerBody>,
         added: &GatewayFields,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let attempt = http1::send(&self.shared, endpoint, req, added);
-        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
-            Err(_) => Err(ProxyError::ResponseTimeout.into()),
-            Ok(r) => r,
-        }
+        self.within_response_timeout(http1::send(&self.shared, endpoint, req, added))
+            .await
+    }
+
+    /// `attempt`'s result, or [`ProxyError::ResponseTimeout`] once the response headers took
+    /// longer than the configured response timeout.
+    async fn within_response_timeout<T, E: From<ProxyError>>(
+        &self,
+        attempt: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        tokio::time::timeout(self.shared.cfg.response_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(ProxyError::ResponseTimeout.into()))
     }
 
     /// An HTTP/1.1 upgrade request, on a connection of its own.
@@ -209,11 +215,8 @@ impl Upstreams {
         endpoint: &Endpoint,
         req: Request<CallerBody>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let attempt = http1::send_upgrade(&self.shared, endpoint, req);
-        match tokio::time::timeout(self.shared.cfg.response_timeout, attempt).await {
-            Err(_) => Err(ProxyError::ResponseTimeout),
-            Ok(r) => r,
-        }
+        self.within_response_timeout(http1::send_upgrade(&self.shared, endpoint, req))
+            .await
     }
 }
 

@@ -34,11 +34,11 @@ use self::{
     conn::{Outgoing, WriteError},
 };
 use super::{dial::Alpn, SendError, Shared};
-use crate::headers::GatewayFields;
 use crate::{
     body::CallerBody,
     errors::ProxyError,
     exchange::{self, Exchange},
+    headers::GatewayFields,
     routing::Endpoint,
 };
 
