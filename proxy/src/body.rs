@@ -1,5 +1,5 @@
-//! A caller's request body, from whichever server read the request: hyper's HTTP/1 server,
-//! or the gateway's HTTP/2 server on the h2 crate. Upstreams take either without knowing
+//! A caller's request body, from whichever server read the request: the gateway's HTTP/1
+//! server, or its HTTP/2 server on the h2 crate. Upstreams take either without knowing
 //! which.
 
 use std::{
@@ -10,10 +10,11 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::inbound::{Http1Body, Http1BodyError};
 
 pub enum CallerBody {
-    Http1(Incoming),
+    Http1(Http1Body),
     Http2(H2Body),
 }
 
@@ -26,17 +27,11 @@ impl std::fmt::Debug for CallerBody {
     }
 }
 
-impl From<Incoming> for CallerBody {
-    fn from(b: Incoming) -> Self {
-        CallerBody::Http1(b)
-    }
-}
-
 /// Why a caller's request body stopped short.
 #[derive(Debug, thiserror::Error)]
 pub enum CallerBodyError {
     #[error(transparent)]
-    Http1(#[from] hyper::Error),
+    Http1(#[from] Http1BodyError),
     #[error(transparent)]
     Http2(#[from] h2::Error),
 }
@@ -74,7 +69,7 @@ impl Body for CallerBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, CallerBodyError>>> {
         match self.get_mut() {
-            CallerBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            CallerBody::Http1(b) => b.poll_frame(cx).map_err(Into::into),
             CallerBody::Http2(b) => b.poll_frame(cx).map_err(Into::into),
         }
     }

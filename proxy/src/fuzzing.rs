@@ -22,6 +22,12 @@ pub fn upstream_response(data: &[u8]) {
     crate::upstream::fuzz_http1_response(data)
 }
 
+/// A caller's bytes as the gateway's HTTP/1.1 server parses them: request heads one after
+/// another, each body taken off by its framing.
+pub fn caller_request(data: &[u8]) {
+    crate::inbound::fuzz_request(data)
+}
+
 /// Service response heads one after another on one connection: built from the connection's
 /// template of the last response's fields, each comes out exactly as parsed afresh.
 pub fn upstream_response_template(data: &[u8]) {

@@ -1,6 +1,7 @@
 //! I/O wrappers: [`Metered`] counts bytes each way, for a caller's connection
 //! ([`CountingIo`]: Prometheus counters and the connection's [`Activity`] for its watchdog) or
-//! a connection to an endpoint ([`MeteredTcp`]); [`WriteBatch`] gathers writes until a flush.
+//! a connection to an endpoint ([`MeteredTcp`]); [`WriteBatch`] gathers writes until a flush;
+//! [`Rewind`] gives back bytes read ahead.
 
 use std::{
     io,
@@ -9,6 +10,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use bytes::{Buf, Bytes};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -292,6 +294,64 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBatch<T> {
         let mut b = lock(&self.shared);
         ready!(b.poll_drain_and_flush(cx))?;
         Pin::new(&mut b.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that first reads `ahead` again: what was read to decide how to serve it.
+pub struct Rewind<T> {
+    ahead: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(ahead: Bytes, inner: T) -> Self {
+        Self { ahead, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead[..n]);
+            self.ahead.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -19,6 +19,7 @@ mod admission;
 pub mod authority;
 mod body;
 mod cert_source;
+mod chunked;
 pub mod config;
 mod context;
 mod dashboard;

@@ -1,31 +1,26 @@
-//! HTTP on a caller's connection: the hyper server for the session's version, and for each
+//! HTTP on a caller's connection: the gateway's server for the session's version, and for each
 //! request the admission checks, the route, header rewriting, forwarding (upgrades included),
 //! synthetic errors and the access-log line.
 
 use std::{
-    convert::Infallible,
     future::Future,
-    pin::Pin,
+    pin::{pin, Pin},
     sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use futures_util::future::{FutureExt, Map};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::FutureExt;
 use http::{
     header::{self, HeaderValue},
     Request, Response, StatusCode, Version,
 };
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::{http2, session::HttpVersion};
+use super::{http1, http2, session::HttpVersion};
 use crate::{
     admission,
     authority::{Authority, LastAuthority},
@@ -38,6 +33,7 @@ use crate::{
         is_upgrade, origin_form, parse_orig_proto, raw_authority, retarget, strip_hop_by_hop,
         GatewayFields, L5D_ORIG_PROTO, L5D_PROXY_CONNECTION, L5D_PROXY_ERROR,
     },
+    io::Rewind,
     log_limit, message, metrics,
     routing::{Endpoint, Protocol, Target},
     splice::{splice, Spliced},
@@ -57,24 +53,26 @@ pub struct HttpLimits {
     pub max_concurrent_streams: u32,
 }
 
-/// The servers a connection may get, built once: hyper's for HTTP/1 (and for sessions that
-/// detect their version), the gateway's own on h2 for HTTP/2.
+/// The servers a connection may get, built once: the gateway's own HTTP/1 server, and its
+/// HTTP/2 server on h2.
 pub struct HttpServers {
-    h1: auto::Builder<TokioExecutor>,
-    detect: auto::Builder<TokioExecutor>,
+    h1: http1::Limits,
     h2: ::h2::server::Builder,
 }
 
 impl HttpServers {
     pub fn new(limits: &HttpLimits) -> Self {
         Self {
-            h1: builder(limits).http1_only(),
-            detect: builder(limits),
+            h1: http1::Limits {
+                header_read_timeout: limits.header_read_timeout,
+                max_head: limits.max_header_bytes,
+            },
             h2: h2_builder(limits),
         }
     }
 
-    /// Serves one connection: HTTP/2 on the gateway's server, the rest on hyper's.
+    /// Serves one connection with the server for its version; without ALPN, HTTP/2 when the
+    /// caller opens with the HTTP/2 preface.
     pub(crate) fn serve<IO, F, Fut>(
         &self,
         io: IO,
@@ -86,43 +84,77 @@ impl HttpServers {
         F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let hyper_server = match version {
+        let shutdown = Arc::new(http1::Shutdown::default());
+        let served = match version {
             HttpVersion::Http2 => return Serving::H2(http2::Served::new(io, &self.h2, handler)),
-            HttpVersion::Http1 => &self.h1,
-            HttpVersion::Detect => &self.detect,
+            HttpVersion::Http1 => Box::pin(
+                http1::serve(io, BytesMut::new(), self.h1, handler, shutdown.clone())
+                    .map(|r| r.map_err(|e| e.to_string())),
+            ) as ServingFuture,
+            HttpVersion::Detect => Box::pin(detect_and_serve(
+                io,
+                self.h1,
+                self.h2.clone(),
+                handler,
+                shutdown.clone(),
+            )),
         };
-        Serving::Hyper(Box::pin(
-            hyper_server
-                .serve_connection_with_upgrades(TokioIo::new(io), HyperService(handler))
-                .into_owned(),
-        ))
+        Serving::Boxed { served, shutdown }
     }
 }
 
-/// The request handler as a hyper service, for HTTP/1 callers.
-pub(crate) struct HyperService<F>(F);
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-type Answered<Fut> = Map<Fut, fn(Response<Body>) -> Result<Response<Body>, Infallible>>;
-
-impl<F, Fut> hyper::service::Service<Request<Incoming>> for HyperService<F>
+/// A caller that negotiated no protocol: HTTP/2 if its first bytes are the HTTP/2 preface,
+/// else HTTP/1.1. The bytes looked at are given back to whichever server reads on.
+async fn detect_and_serve<IO, F, Fut>(
+    mut io: IO,
+    h1: http1::Limits,
+    h2: ::h2::server::Builder,
+    handler: F,
+    shutdown: Arc<http1::Shutdown>,
+) -> Result<(), String>
 where
-    F: Fn(Request<CallerBody>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Answered<Fut>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        (self.0)(req.map(CallerBody::from)).map(Ok as fn(_) -> _)
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let looked = tokio::time::timeout(h1.header_read_timeout, async {
+        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+            if io.read_buf(&mut buf).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    match looked {
+        Err(_) => return Err("no request within the header read timeout".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(())) => {}
     }
+    if !buf.starts_with(H2_PREFACE) {
+        return http1::serve(io, buf, h1, handler, shutdown)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let mut served = pin!(http2::Served::new(
+        Rewind::new(buf.freeze(), io),
+        &h2,
+        handler
+    ));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| e.to_string()),
+        _ = shutdown.wait() => served.as_mut().get_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| e.to_string())
 }
 
-/// hyper's HTTP/1 connection, upgrades included.
-pub(crate) type HyperConnection<IO, F> =
-    auto::UpgradeableConnection<'static, TokioIo<IO>, HyperService<F>, TokioExecutor>;
+type ServingFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// A connection being served, by either server.
+/// A connection being served.
 pub(crate) enum Serving<IO, F, Fut>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -130,7 +162,11 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     H2(http2::Served<IO, F>),
-    Hyper(Pin<Box<HyperConnection<IO, F>>>),
+    /// HTTP/1, or not yet known: graceful shutdown goes through `shutdown`.
+    Boxed {
+        served: ServingFuture,
+        shutdown: Arc<http1::Shutdown>,
+    },
 }
 
 impl<IO, F, Fut> Future for Serving<IO, F, Fut>
@@ -144,7 +180,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Serving::H2(s) => Pin::new(s).poll(cx).map_err(|e| e.to_string()),
-            Serving::Hyper(s) => s.as_mut().poll(cx).map_err(|e| e.to_string()),
+            Serving::Boxed { served, .. } => served.as_mut().poll(cx),
         }
     }
 }
@@ -159,41 +195,12 @@ where
     pub(crate) fn graceful_shutdown(&mut self) {
         match self {
             Serving::H2(s) => s.graceful_shutdown(),
-            Serving::Hyper(s) => s.as_mut().graceful_shutdown(),
+            Serving::Boxed { shutdown, .. } => shutdown.ask(),
         }
     }
 }
 
-fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        // Left at hyper's default of 100 headers: that array lives on the stack, while an
-        // explicit limit makes hyper allocate and zero one for every request.
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        // Answering PINGs is automatic; our own detect callers that vanished.
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        // Fixed windows bound what a caller can make the gateway hold for an upstream that
-        // reads slowly: 1 MiB per stream, 4 MiB per connection (hyper's adaptive window could
-        // grow to 16 MiB per connection). At the tutorial's 150 ms RTT that still moves
-        // ~50 Mbit/s per stream and ~200 Mbit/s per connection.
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        // What waits for a slow reader per stream, beyond its flow-control window.
-        .max_send_buf_size(SEND_BUF_PER_STREAM)
-        .max_pending_accept_reset_streams(Some(64));
-    b
-}
-
-/// The HTTP/2 server's settings: the same limits and windows as hyper's above, and h2's
-/// budgets for streams the caller resets before they are answered (rapid reset) and for
+/// The HTTP/2 server's settings: the caller's limits, fixed windows, and h2's budgets for streams the caller resets before they are answered (rapid reset) and for
 /// streams it makes the gateway reset.
 fn h2_builder(limits: &HttpLimits) -> ::h2::server::Builder {
     let mut b = ::h2::server::Builder::new();
@@ -501,7 +508,7 @@ async fn proxy(
         req.version(),
         orig_proto,
     );
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = upgrading.then(|| http1::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
@@ -590,6 +597,8 @@ async fn proxy(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let client_upgrade = async { client_upgrade.await.map_err(|e| e.to_string()) };
+            let upstream_upgrade = async { upstream_upgrade.await.map_err(|e| e.to_string()) };
             let peer = ctx.peer;
             let drain = gw.drain.clone();
             // From here the tunnel is a byte stream, watched as one.
@@ -599,7 +608,7 @@ async fn proxy(
             gw.drain.spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let (mut c, mut u) = (c, TokioIo::new(u));
                         let watch =
                             watchdog::spawn(activity, Idle::Bytes(t.opaque_idle), t.write_stall);
                         let stop = async {

@@ -6,6 +6,7 @@
 //! and the connection closed.
 
 mod http;
+mod http1;
 mod http2;
 mod opaque;
 mod session;
@@ -18,6 +19,7 @@ use tokio::{
 };
 
 pub use self::http::{HttpLimits, HttpServers};
+pub(crate) use self::http1::{fuzz_request, Http1Body, Http1BodyError};
 pub(crate) use self::session::HttpVersion;
 use self::session::Session;
 use crate::{

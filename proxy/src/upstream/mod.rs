@@ -251,10 +251,9 @@ mod tests {
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
-    use hyper::body::Incoming;
     use hyper_util::{
         rt::{TokioExecutor, TokioIo},
-        server::conn::auto::{self, Builder},
+        server::conn::auto::Builder,
     };
     use tokio::net::TcpListener;
 
@@ -288,38 +287,48 @@ mod tests {
         (addr, conns)
     }
 
-    /// An in-process front end: hyper hands each request it receives (with the `Incoming`
-    /// body the upstream layer takes) to `upstreams`, as the gateway's server does.
+    /// An in-process front end: the gateway's own caller-facing server hands each request it
+    /// receives to `upstreams`, as the gateway does (`h2`: toward the endpoint).
     async fn front(upstreams: Upstreams, endpoint: Arc<Endpoint>, h2: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front = listener.local_addr().unwrap();
+        let servers = Arc::new(crate::inbound::HttpServers::new(
+            &crate::inbound::HttpLimits {
+                header_read_timeout: Duration::from_secs(5),
+                max_header_bytes: 64 * 1024,
+                max_concurrent_streams: 100,
+            },
+        ));
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
-                        async move {
-                            let (mut parts, body) = req.into_parts();
-                            parts.uri = "/".parse().unwrap();
-                            let req = Request::from_parts(parts, CallerBody::from(body));
-                            let resp = if h2 {
-                                upstreams.send_http2(&endpoint, req).await
-                            } else {
-                                upstreams
-                                    .send_http1(&endpoint, req, &GatewayFields::default())
-                                    .await
-                            };
-                            match resp {
-                                Ok(r) => Ok(r.map(|b| b.boxed())),
-                                Err(e) => Err(e.error),
+                let handler = move |req: Request<CallerBody>| {
+                    let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        parts.uri = "/".parse().unwrap();
+                        let req = Request::from_parts(parts, body);
+                        let resp = if h2 {
+                            upstreams.send_http2(&endpoint, req).await
+                        } else {
+                            upstreams
+                                .send_http1(&endpoint, req, &GatewayFields::default())
+                                .await
+                        };
+                        match resp {
+                            Ok(r) => r.map(http_body_util::Either::Left),
+                            Err(e) => {
+                                let mut r = Response::new(http_body_util::Either::Right(
+                                    Full::new(Bytes::from(e.error.reason())),
+                                ));
+                                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                                r
                             }
                         }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
+                    }
+                };
+                let served = servers.serve(tcp, crate::inbound::HttpVersion::Detect, handler);
+                tokio::spawn(served);
             }
         });
         front

@@ -8,19 +8,22 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 use super::template::HeadTemplate;
-use crate::{decimal::Decimal, headers::GatewayFields};
+pub use crate::chunked::{chunk_size_line, encode_trailers, Chunk, ChunkedState};
+use crate::{
+    chunked::{self, ChunkError},
+    decimal::Decimal,
+    headers::GatewayFields,
+};
 
 /// Longest response head (status line and headers), and longest trailer section, taken from
 /// a service: as much as the connection's read buffer holds.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one response head or trailer section.
 pub const MAX_HEADERS: usize = 128;
-/// Longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4096;
 /// Most interim (1xx) responses before the final one.
 pub const MAX_INTERIM: usize = 16;
 
@@ -47,6 +50,16 @@ pub enum Http1Error {
     /// 101 to a request that asked for no upgrade (upgrades travel on connections of their own).
     #[error("unexpected protocol switch")]
     UnexpectedSwitch,
+}
+
+impl From<ChunkError> for Http1Error {
+    fn from(e: ChunkError) -> Self {
+        match e {
+            ChunkError::Malformed => Http1Error::BadChunk,
+            ChunkError::TrailersTooLarge => Http1Error::HeadTooLarge,
+            ChunkError::TooManyTrailers => Http1Error::TooManyHeaders,
+        }
+    }
 }
 
 impl Http1Error {
@@ -164,26 +177,12 @@ fn put_field(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The line that opens a chunk of `len` bytes.
-pub fn chunk_size_line(len: usize) -> Bytes {
-    Bytes::from(format!("{len:x}\r\n"))
-}
-
-/// The end of a chunked body: the last chunk and the trailer section.
-pub fn encode_trailers(trailers: &HeaderMap) -> Bytes {
-    let mut out = BytesMut::with_capacity(64);
-    out.put_slice(b"0\r\n");
-    for (name, value) in trailers {
-        if is_framing_field(name) {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
-    out.freeze()
+/// Takes the next piece of a chunked response body off `buf` (see [`chunked::decode_chunk`]).
+pub fn decode_chunk(
+    state: &mut ChunkedState,
+    buf: &mut BytesMut,
+) -> Result<Option<Chunk>, Http1Error> {
+    chunked::decode_chunk(state, buf).map_err(Into::into)
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -383,172 +382,6 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Where a chunked body is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkedState {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
-    Done,
-}
-
-/// What the chunked decoder took off the buffer.
-#[derive(Debug)]
-pub enum Chunk {
-    Data(Bytes),
-    Trailers(HeaderMap),
-    End,
-}
-
-/// Takes the next piece of a chunked body off `buf`. `Ok(None)`: more bytes are needed.
-/// After `End` (or `Trailers`, which ends the body too) the state is `Done`.
-pub fn decode_chunk(
-    state: &mut ChunkedState,
-    buf: &mut BytesMut,
-) -> Result<Option<Chunk>, Http1Error> {
-    loop {
-        match *state {
-            ChunkedState::Size => {
-                let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
-                    return Ok(None);
-                };
-                let size = parse_chunk_size(&buf[..line_end])?;
-                let _ = buf.split_to(line_end + 2);
-                *state = if size == 0 {
-                    ChunkedState::Trailers
-                } else {
-                    ChunkedState::Data(size)
-                };
-            }
-            ChunkedState::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                let data = buf.split_to(n).freeze();
-                let left = left - n as u64;
-                *state = if left == 0 {
-                    ChunkedState::DataEnd
-                } else {
-                    ChunkedState::Data(left)
-                };
-                return Ok(Some(Chunk::Data(data)));
-            }
-            ChunkedState::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(Http1Error::BadChunk);
-                }
-                let _ = buf.split_to(2);
-                *state = ChunkedState::Size;
-            }
-            ChunkedState::Trailers => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &buf[..2] == b"\r\n" {
-                    let _ = buf.split_to(2);
-                    *state = ChunkedState::Done;
-                    return Ok(Some(Chunk::End));
-                }
-                let Some(end) = find(buf, b"\r\n\r\n", MAX_HEAD)? else {
-                    return Ok(None);
-                };
-                let section = buf.split_to(end + 4);
-                *state = ChunkedState::Done;
-                return Ok(Some(Chunk::Trailers(parse_trailers(&section)?)));
-            }
-            ChunkedState::Done => return Ok(Some(Chunk::End)),
-        }
-    }
-}
-
-/// The position of the first CRLF within `limit` bytes; a bare LF is an error.
-fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Http1Error> {
-    match buf.iter().take(limit).position(|b| *b == b'\n') {
-        Some(0) => Err(Http1Error::BadChunk),
-        Some(lf) if buf[lf - 1] == b'\r' => Ok(Some(lf - 1)),
-        Some(_) => Err(Http1Error::BadChunk),
-        None if buf.len() >= limit => Err(Http1Error::BadChunk),
-        None => Ok(None),
-    }
-}
-
-fn find(buf: &[u8], needle: &[u8], limit: usize) -> Result<Option<usize>, Http1Error> {
-    match buf
-        .windows(needle.len())
-        .take(limit)
-        .position(|w| w == needle)
-    {
-        Some(i) => Ok(Some(i)),
-        None if buf.len() >= limit => Err(Http1Error::HeadTooLarge),
-        None => Ok(None),
-    }
-}
-
-/// `1*HEXDIG [ BWS ";" ext ]` (RFC 9112 §7.1): at most 16 digits, extensions ignored but
-/// free of control characters.
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return Err(Http1Error::BadChunk);
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty()
-        && (rest[0] != b';'
-            || rest
-                .iter()
-                .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f))
-    {
-        return Err(Http1Error::BadChunk);
-    }
-    let mut n = 0u64;
-    for d in &line[..digits] {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            _ => d - b'A' + 10,
-        };
-        n = (n << 4) | u64::from(v);
-    }
-    Ok(n)
-}
-
-fn parse_trailers(section: &[u8]) -> Result<HeaderMap, Http1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        Ok(httparse::Status::Partial) => return Err(Http1Error::BadChunk),
-        Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::TooManyHeaders),
-        Err(_) => return Err(Http1Error::BadChunk),
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for f in fields {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Http1Error::BadChunk)?;
-        // A trailer cannot reframe the message or speak for the connection.
-        if is_framing_field(&name) {
-            continue;
-        }
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| Http1Error::BadChunk)?;
-        map.append(name, value);
-    }
-    Ok(map)
-}
-
-fn is_framing_field(name: &HeaderName) -> bool {
-    name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::HOST
-        || name == "keep-alive"
-}
-
 /// For the `http1_response` fuzz target: `data` as a service's bytes, fed in pieces of
 /// varying size through the head parser and the body framing it chose, as the connection
 /// layer does. Never panics; nothing decoded is longer than what came in.
@@ -611,7 +444,10 @@ pub fn fuzz_response(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BufMut;
+
     use super::*;
+    use crate::chunked::MAX_CHUNK_LINE;
 
     fn parse(bytes: &[u8]) -> Result<Option<Parsed>, Http1Error> {
         parse_response(
