@@ -1,5 +1,5 @@
-//! The request-message rules a proxy must enforce that hyper and h2 leave to it (RFC 9110,
-//! 9112, 9113). What the libraries already refuse is listed in README "Security" and tested
+//! The request-message rules a proxy must enforce that its servers leave to it (RFC 9110,
+//! 9112, 9113). What the servers already refuse is listed in README "Security" and tested
 //! beside these in `tests/tests/framing.rs`; this module holds only the rest, so nothing is
 //! checked twice on the hot path.
 
@@ -32,7 +32,7 @@ pub fn check<B>(req: &mut Request<B>, named_target: bool) -> Result<Next, ProxyE
     let version = req.version();
     check_host(req.headers(), version, req.uri().authority(), named_target)?;
     let headers = req.headers_mut();
-    // HTTP/1: hyper refuses what RFC 9112 §6 calls unframeable, and a request with both
+    // HTTP/1: the server's codec refuses what RFC 9112 §6 calls unframeable, and a request with both
     // Transfer-Encoding and Content-Length it frames by the former, drops the latter and
     // closes the connection after the response (§6.1 allows exactly that).
     if version == Version::HTTP_2 {
