@@ -30,6 +30,7 @@ mod errors;
 mod exchange;
 #[doc(hidden)]
 pub mod fuzzing;
+mod head_template;
 mod headers;
 mod inbound;
 mod io;

@@ -9,9 +9,12 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{header, HeaderMap, Method, StatusCode, Uri, Version};
 
-use crate::decimal::Decimal;
+use crate::{
+    decimal::Decimal,
+    head_template::{HeadTemplate, Span},
+};
 
 /// Most header fields in one request head (hyper's default, which the gateway kept).
 pub const MAX_HEADERS: usize = 100;
@@ -90,10 +93,12 @@ pub struct RequestHead {
 
 /// Parses the request head at the start of `buf` and takes its bytes off the buffer.
 /// `Ok(None)`: the head is not complete yet. `max_head` bounds the request line and fields
-/// together.
+/// together. `template` is the connection's: the last request's fields, from which this one's
+/// map is built when the names match.
 pub fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
+    template: &mut HeadTemplate,
 ) -> Result<Option<RequestHead>, RequestError> {
     // Empty lines before a request line are skipped (RFC 9112 §2.2 says a server SHOULD).
     let blank = buf
@@ -140,7 +145,10 @@ pub fn parse_request(
         for h in req.headers.iter() {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            spans.push(((name, h.name.len()), (value, h.value.len())));
+            spans.push(Span {
+                name: (name, name + h.name.len()),
+                value: (value, value + h.value.len()),
+            });
             fields.note(h.name.as_bytes(), h.value)?;
         }
         (len, method, target, minor, spans)
@@ -152,16 +160,9 @@ pub fn parse_request(
         Version::HTTP_10
     };
     let uri = parse_target(&method, head.slice(target.0..target.0 + target.1))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for ((n, nl), (v, vl)) in spans {
-        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| RequestError::BadHead)?;
-        // httparse accepted the value: no CR, LF, NUL or other control byte but HTAB, which
-        // is exactly what `HeaderValue` allows; checked again here rather than trusted, as a
-        // value is copied nowhere and the check is one pass over bytes already in cache.
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-            .map_err(|_| RequestError::BadHead)?;
-        headers.append(name, value);
-    }
+    let mut headers = template
+        .headers(&head, &spans)
+        .map_err(|_| RequestError::BadHead)?;
     let framing = fields.framing(version)?;
     if fields.transfer_encoding && fields.content_length.is_some() {
         // RFC 9112 §6.1: framed by Transfer-Encoding; the length is removed before forwarding
@@ -329,8 +330,27 @@ pub fn encode_response_head(
 #[doc(hidden)]
 pub fn fuzz_request(data: &[u8]) {
     let mut buf = BytesMut::from(data);
+    let mut template = HeadTemplate::default();
     while !buf.is_empty() {
-        match parse_request(&mut buf, 8 * 1024) {
+        // The connection's template must change nothing: the same head parsed afresh agrees.
+        let mut fresh = buf.clone();
+        let alone = parse_request(&mut fresh, 8 * 1024, &mut HeadTemplate::default());
+        let parsed = parse_request(&mut buf, 8 * 1024, &mut template);
+        match (&parsed, &alone) {
+            (Ok(Some(a)), Ok(Some(b))) => {
+                assert_eq!(
+                    (&a.method, &a.uri, a.version),
+                    (&b.method, &b.uri, b.version)
+                );
+                assert_eq!((a.framing, a.keep_alive), (b.framing, b.keep_alive));
+                assert!(a.headers.iter().eq(b.headers.iter()), "{a:?} / {b:?}");
+                assert_eq!(buf, fresh);
+            }
+            (Ok(None), Ok(None)) => {}
+            (Err(a), Err(b)) => assert_eq!(a, b),
+            (a, b) => panic!("the template changed the outcome: {a:?} / {b:?}"),
+        }
+        match parsed {
             Ok(Some(head)) => {
                 let mut out = Vec::new();
                 encode_response_head(
@@ -366,10 +386,16 @@ pub fn fuzz_request(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     fn parse(raw: &str) -> Result<Option<RequestHead>, RequestError> {
-        parse_request(&mut BytesMut::from(raw.as_bytes()), 64 * 1024)
+        parse_request(
+            &mut BytesMut::from(raw.as_bytes()),
+            64 * 1024,
+            &mut HeadTemplate::default(),
+        )
     }
 
     #[test]
@@ -465,7 +491,7 @@ mod tests {
         let mut big =
             BytesMut::from(format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(100)).as_bytes());
         assert_eq!(
-            parse_request(&mut big, 64).unwrap_err(),
+            parse_request(&mut big, 64, &mut HeadTemplate::default()).unwrap_err(),
             RequestError::HeadTooLarge
         );
     }
@@ -473,9 +499,13 @@ mod tests {
     #[test]
     fn a_partial_head_waits_and_leading_blank_lines_are_skipped() {
         let mut buf = BytesMut::from(&b"\r\nGET / HTTP/1.1\r\nhost: a\r\n"[..]);
-        assert!(parse_request(&mut buf, 1024).unwrap().is_none());
+        assert!(parse_request(&mut buf, 1024, &mut HeadTemplate::default())
+            .unwrap()
+            .is_none());
         buf.extend_from_slice(b"\r\nnext");
-        assert!(parse_request(&mut buf, 1024).unwrap().is_some());
+        assert!(parse_request(&mut buf, 1024, &mut HeadTemplate::default())
+            .unwrap()
+            .is_some());
         assert_eq!(&buf[..], b"next");
     }
 
@@ -515,5 +545,30 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\ncontent-length: 99\r\nx-a: 1\r\ndate: d\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn requests_of_one_shape_agree_with_and_without_the_template() {
+        let a = "GET / HTTP/1.1\r\nhost: web\r\nuser-agent: x\r\ntraceparent: 00-1\r\n\r\n";
+        let a2 = "GET /b HTTP/1.1\r\nhost: web\r\nuser-agent: x\r\ntraceparent: 00-2\r\n\r\n";
+        let b = "POST / HTTP/1.1\r\nhost: web\r\ncontent-length: 2\r\n\r\nok";
+        let bad = "GET / HTTP/1.1\r\nhost: web\r\nuser-agent: \x7f\r\ntraceparent: 00-2\r\n\r\n";
+        let seq = [a, a2, a, b, a2, b, b, b, b, a, bad].concat();
+        fuzz_request(seq.as_bytes());
+        let mut kept = HeadTemplate::default();
+        for raw in [a, a2] {
+            let head = parse_request(&mut BytesMut::from(raw), 1024, &mut kept)
+                .unwrap()
+                .unwrap();
+            let trace = raw
+                .split("traceparent: ")
+                .nth(1)
+                .unwrap()
+                .split('\r')
+                .next()
+                .unwrap();
+            assert_eq!(head.headers["traceparent"], trace);
+        }
+        assert_eq!(kept.spans.len(), 3, "the first request's fields are kept");
     }
 }

@@ -47,7 +47,7 @@ use self::{
     upgrade::{PendingUpgrade, Upgraded},
 };
 use super::http::Body;
-use crate::{body::CallerBody, chunked, metrics};
+use crate::{body::CallerBody, chunked, head_template::HeadTemplate, metrics};
 
 /// How much is read at a time.
 const READ_CHUNK: usize = 8 * 1024;
@@ -123,8 +123,10 @@ where
     Fut: Future<Output = Response<Body>>,
 {
     let mut out = Vec::with_capacity(READ_CHUNK);
+    // The caller's last request's fields: its next request most likely has the same names.
+    let mut template = HeadTemplate::default();
     loop {
-        let head = match read_head(&mut io, &mut buf, &limits, &shutdown).await? {
+        let head = match read_head(&mut io, &mut buf, &limits, &shutdown, &mut template).await? {
             None => return Ok(()),
             Some(Ok(head)) => head,
             Some(Err(e)) => {
@@ -260,10 +262,11 @@ async fn read_head<IO: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: &Limits,
     shutdown: &Shutdown,
+    template: &mut HeadTemplate,
 ) -> Result<Option<Result<RequestHead, RequestError>>, ServeError> {
     let mut deadline = None;
     loop {
-        match codec::parse_request(buf, limits.max_head) {
+        match codec::parse_request(buf, limits.max_head, template) {
             Ok(Some(head)) => return Ok(Some(Ok(head))),
             Err(e) => return Ok(Some(Err(e))),
             Ok(None) => {}

@@ -11,11 +11,11 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
-use super::template::HeadTemplate;
 pub use crate::chunked::{chunk_size_line, encode_trailers, Chunk, ChunkedState};
 use crate::{
     chunked::{self, ChunkError},
     decimal::Decimal,
+    head_template::{HeadTemplate, Span},
     headers::GatewayFields,
 };
 
@@ -215,13 +215,6 @@ pub enum Parsed {
     Final(ResponseHead),
 }
 
-/// Where one header field lies in the head's bytes.
-#[derive(Debug, Clone)]
-pub(super) struct Span {
-    pub(super) name: (usize, usize),
-    pub(super) value: (usize, usize),
-}
-
 /// Parses the response head at the start of `buf` and takes its bytes off the buffer.
 /// `Ok(None)`: the head is not complete yet. `method` is the request's (a response to HEAD
 /// has no body). `template` is the connection's: the last response's fields, from which this
@@ -285,7 +278,9 @@ pub fn parse_response(
     } else {
         Version::HTTP_10
     };
-    let headers = template.headers(&head, &spans)?;
+    let headers = template
+        .headers(&head, &spans)
+        .map_err(|_| Http1Error::BadHead)?;
     let body = fields.framing(version)?;
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT

@@ -15,10 +15,9 @@ use tokio::io::AsyncWrite;
 
 use super::{
     codec::{self, RequestFraming},
-    template::HeadTemplate,
     ReqBody,
 };
-use crate::upstream::UpstreamIo;
+use crate::{head_template::HeadTemplate, upstream::UpstreamIo};
 
 /// First read buffer of a connection; it grows (to [`READ_MAX`]) while reads fill it.
 const READ_MIN: usize = 8 * 1024;
