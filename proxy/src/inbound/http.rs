@@ -120,7 +120,8 @@ where
     F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Small, as for an HTTP/1 connection's first read: the preface is 24 bytes.
+    let mut buf = BytesMut::with_capacity(1024);
     let looked = tokio::time::timeout(h1.header_read_timeout, async {
         while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
             if io.read_buf(&mut buf).await? == 0 {

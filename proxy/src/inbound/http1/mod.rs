@@ -29,6 +29,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as _, Frame};
 use tokio::{
@@ -51,6 +52,8 @@ use crate::{body::CallerBody, chunked, head_template::HeadTemplate, metrics};
 
 /// How much is read at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// How much a connection's first read takes: most request heads fit.
+const FIRST_READ: usize = 1024;
 /// Response data up to this size is copied behind the head (or the previous frame) to leave
 /// in the same write; larger frames are written as they are.
 const COALESCE: usize = 16 * 1024;
@@ -110,132 +113,176 @@ pub enum ServeError {
 /// Serves HTTP/1.1 on `io` until the caller closes, a shutdown is asked and the response in
 /// flight is written, or the connection fails. `buf` holds what was read before (the bytes
 /// HTTP/2 detection looked at).
-pub async fn serve<IO, F, Fut>(
+///
+/// Not an `async fn`: its arguments would be kept twice in the connection's future (once as
+/// passed, once as moved into the body), and the caller's TLS stream is 1.3 KB of it.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<IO, F, Fut>(
     mut io: IO,
     mut buf: BytesMut,
     limits: Limits,
     handler: F,
     shutdown: Arc<Shutdown>,
-) -> Result<(), ServeError>
+) -> impl Future<Output = Result<(), ServeError>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<CallerBody>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
-    let mut out = Vec::with_capacity(READ_CHUNK);
-    // The caller's last request's fields: its next request most likely has the same names.
-    let mut template = HeadTemplate::default();
-    loop {
-        let head = match read_head(&mut io, &mut buf, &limits, &shutdown, &mut template).await? {
-            None => return Ok(()),
-            Some(Ok(head)) => head,
-            Some(Err(e)) => {
-                metrics::http_error(e.reason());
-                refuse(&mut io, &mut out, e).await;
-                return Err(ServeError::Refused(e));
-            }
-        };
-        let RequestHead {
-            method,
-            uri,
-            version,
-            headers,
-            framing,
-            keep_alive,
-            expects_continue,
-        } = head;
-        let mut pump = None;
-        let body = match framing {
-            BodyFraming::Empty => Http1Body::empty(),
-            BodyFraming::Length(n) if buf.len() as u64 >= n => {
-                // Within the buffer, so within usize.
-                Http1Body::full(buf.split_to(n as usize).freeze())
-            }
-            BodyFraming::Length(n) => {
-                let (tx, rx) = mpsc::channel(1);
-                pump = Some((Reading::Length(n), tx));
-                Http1Body::streamed(rx, Some(n))
-            }
-            BodyFraming::Chunked => {
-                let (tx, rx) = mpsc::channel(1);
-                pump = Some((Reading::Chunked(chunked::ChunkedState::Size), tx));
-                Http1Body::streamed(rx, None)
-            }
-        };
-        let mut req = Request::new(CallerBody::Http1(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        *req.headers_mut() = headers;
-        let switch = crate::headers::is_upgrade(&req).then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut().insert(PendingUpgrade::new(rx));
-            tx
-        });
-        let asked = Asked {
-            head: req.method() == Method::HEAD,
-            version,
-            keep_alive,
-        };
-        let handling = handler(req);
+    async move {
+        // Grown by the first response and kept: an idle connection that never asked holds none.
+        let mut out = Vec::new();
+        // The caller's last request's fields: its next request most likely has the same names.
+        let mut template = HeadTemplate::default();
+        loop {
+            let head = match read_head(&mut io, &mut buf, &limits, &shutdown, &mut template).await?
+            {
+                None => return Ok(()),
+                Some(Ok(head)) => head,
+                Some(Err(e)) => {
+                    metrics::http_error(e.reason());
+                    Box::pin(refuse(&mut io, &mut out, e)).await;
+                    return Err(ServeError::Refused(e));
+                }
+            };
+            let RequestHead {
+                method,
+                uri,
+                version,
+                headers,
+                framing,
+                keep_alive,
+                expects_continue,
+            } = head;
+            let mut pump = None;
+            let body = match framing {
+                BodyFraming::Empty => Http1Body::empty(),
+                BodyFraming::Length(n) if buf.len() as u64 >= n => {
+                    // Within the buffer, so within usize.
+                    Http1Body::full(buf.split_to(n as usize).freeze())
+                }
+                BodyFraming::Length(n) => {
+                    let (tx, rx) = mpsc::channel(1);
+                    pump = Some((Reading::Length(n), tx));
+                    Http1Body::streamed(rx, Some(n))
+                }
+                BodyFraming::Chunked => {
+                    let (tx, rx) = mpsc::channel(1);
+                    pump = Some((Reading::Chunked(chunked::ChunkedState::Size), tx));
+                    Http1Body::streamed(rx, None)
+                }
+            };
+            let mut req = Request::new(CallerBody::Http1(body));
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.version_mut() = version;
+            *req.headers_mut() = headers;
+            let switch = crate::headers::is_upgrade(&req).then(|| {
+                let (tx, rx) = oneshot::channel();
+                req.extensions_mut().insert(PendingUpgrade::new(rx));
+                tx
+            });
+            let asked = Asked {
+                head: req.method() == Method::HEAD,
+                version,
+                keep_alive,
+            };
+            // Pinned here and lent out, so that the connection's future holds it once.
+            let mut handling = pin!(handler(req));
 
-        let (written, body_read) = match pump {
-            None => {
-                let Some(resp) = answer_or_caller_gone(&mut io, &mut buf, handling, &limits).await
-                else {
-                    return Ok(());
-                };
-                (
-                    respond(&mut io, &mut out, resp, asked, &shutdown).await?,
-                    true,
-                )
-            }
-            Some((reading, frames)) => {
-                let (mut rd, mut wr) = tokio::io::split(io);
-                if expects_continue {
-                    wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-                    wr.flush().await?;
+            let (written, body_read) = match pump {
+                None => {
+                    let Some(resp) =
+                        answer_or_caller_gone(&mut io, &mut buf, handling.as_mut(), &limits).await
+                    else {
+                        return Ok(());
+                    };
+                    (
+                        respond(&mut io, &mut out, resp, asked, &shutdown).await?,
+                        true,
+                    )
                 }
-                let result = {
-                    let mut read = pin!(read_body(&mut rd, &mut buf, reading, frames));
-                    let mut answer = pin!(async {
-                        let resp = handling.await;
-                        respond(&mut wr, &mut out, resp, asked, &shutdown).await
-                    });
-                    let mut body_read = false;
-                    loop {
-                        tokio::select! {
-                            biased;
-                            written = &mut answer => break written.map(|w| (w, body_read)),
-                            complete = &mut read, if !body_read => {
-                                if !complete {
-                                    // The caller's body failed: the handler learns it from
-                                    // its body; the connection cannot be reused.
-                                    break answer.await.map(|w| (w, false));
-                                }
-                                body_read = true;
-                            }
-                        }
+                Some((reading, frames)) => {
+                    // Boxed: few requests stream a body, and this state would otherwise sit in
+                    // every connection's future, idle ones included.
+                    let (back, result) = Box::pin(respond_while_reading(
+                        io,
+                        &mut buf,
+                        &mut out,
+                        (reading, frames, expects_continue),
+                        handling.as_mut(),
+                        asked,
+                        &shutdown,
+                    ))
+                    .await;
+                    io = back;
+                    result?
+                }
+            };
+            match written {
+                Written::Switched => {
+                    if let Some(tx) = switch {
+                        let _ = tx.send(Upgraded::new(buf.split().freeze(), Box::new(io)));
                     }
-                };
-                io = rd.unsplit(wr);
-                result?
-            }
-        };
-        match written {
-            Written::Switched => {
-                if let Some(tx) = switch {
-                    let _ = tx.send(Upgraded::new(buf.split().freeze(), Box::new(io)));
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            Written::KeepAlive if body_read => {}
-            Written::KeepAlive | Written::Close => {
-                let _ = io.shutdown().await;
-                return Ok(());
+                Written::KeepAlive if body_read => {}
+                Written::KeepAlive | Written::Close => {
+                    let _ = io.shutdown().await;
+                    return Ok(());
+                }
             }
         }
     }
+}
+
+/// The response to a request whose body is still arriving, written while the body is read on
+/// to the handler. Gives back the connection, and whether the body was read to its end.
+async fn respond_while_reading<IO, Fut>(
+    io: IO,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    (reading, frames, expects_continue): (Reading, mpsc::Sender<Piece>, bool),
+    handling: Pin<&mut Fut>,
+    asked: Asked,
+    shutdown: &Shutdown,
+) -> (IO, Result<(Written, bool), ServeError>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    Fut: Future<Output = Response<Body>>,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let result = async {
+        if expects_continue {
+            wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            wr.flush().await?;
+        }
+        // Set when the body's last byte has left the connection's buffer, which is what lets
+        // the connection carry another request, whether or not the handler took the end yet.
+        let ended = AtomicBool::new(false);
+        let mut read = pin!(read_body(&mut rd, buf, reading, frames, &ended));
+        let mut answer = pin!(async {
+            let resp = handling.await;
+            respond(&mut wr, out, resp, asked, shutdown).await
+        });
+        let mut body_read = false;
+        loop {
+            tokio::select! {
+                biased;
+                written = &mut answer => break written.map(|w| (w, body_read || ended.load(Ordering::Relaxed))),
+                complete = &mut read, if !body_read => {
+                    if !complete {
+                        // The caller's body failed: the handler learns it from its body; the
+                        // connection cannot be reused.
+                        break answer.await.map(|w| (w, false));
+                    }
+                    body_read = true;
+                }
+            }
+        }
+    }
+    .await;
+    (rd.unsplit(wr), result)
 }
 
 /// What the caller's request line and fields allow of the response.
@@ -271,7 +318,10 @@ async fn read_head<IO: AsyncRead + Unpin>(
             Err(e) => return Ok(Some(Err(e))),
             Ok(None) => {}
         }
-        buf.reserve(READ_CHUNK);
+        // A connection's first read gets a small buffer: an idle connection that never sends a
+        // request (thousands of them, in a flood) holds no more than that.
+        let first = buf.capacity() == 0;
+        buf.reserve(if first { FIRST_READ } else { READ_CHUNK });
         let n = if buf.is_empty() {
             tokio::select! {
                 biased;
@@ -293,6 +343,12 @@ async fn read_head<IO: AsyncRead + Unpin>(
                 Err(ServeError::IncompleteHead)
             };
         }
+        if first && buf.len() == buf.capacity() {
+            // The caller sent more than the small first read took: what has already arrived
+            // is read now, so that the head and the body's start are taken as one.
+            buf.reserve(READ_CHUNK);
+            let _ = io.read_buf(buf).now_or_never();
+        }
     }
 }
 
@@ -302,14 +358,13 @@ async fn read_head<IO: AsyncRead + Unpin>(
 async fn answer_or_caller_gone<IO, Fut>(
     io: &mut IO,
     buf: &mut BytesMut,
-    handling: Fut,
+    mut handling: Pin<&mut Fut>,
     limits: &Limits,
 ) -> Option<Response<Body>>
 where
     IO: AsyncRead + Unpin,
     Fut: Future<Output = Response<Body>>,
 {
-    let mut handling = pin!(handling);
     loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 2 {
             buf.reserve(READ_CHUNK);
@@ -338,6 +393,7 @@ async fn read_body<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     mut reading: Reading,
     frames: mpsc::Sender<Piece>,
+    ended: &AtomicBool,
 ) -> bool {
     loop {
         let piece = match &mut reading {
@@ -367,7 +423,10 @@ async fn read_body<R: AsyncRead + Unpin>(
             },
         };
         let end = match &piece {
-            Piece::End => Some(true),
+            Piece::End => {
+                ended.store(true, Ordering::Relaxed);
+                Some(true)
+            }
             Piece::Failed(_) => Some(false),
             Piece::Frame(_) => None,
         };
