@@ -28,6 +28,7 @@ mod discovery;
 mod drain;
 mod errors;
 mod exchange;
+mod framing_fields;
 #[doc(hidden)]
 pub mod fuzzing;
 mod head_template;

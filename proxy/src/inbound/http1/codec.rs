@@ -13,6 +13,7 @@ use http::{header, HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::{
     decimal::Decimal,
+    framing_fields::FramingFields,
     head_template::{HeadTemplate, Span},
 };
 
@@ -112,7 +113,7 @@ pub fn parse_request(
         return Ok(None);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut fields = Fields::default();
+    let mut fields = FramingFields::default();
     // Where the method, target and each field lie, so that they can point into the head once
     // it is split off the buffer.
     let (len, method, target, minor, spans) = {
@@ -149,7 +150,9 @@ pub fn parse_request(
                 name: (name, name + h.name.len()),
                 value: (value, value + h.value.len()),
             });
-            fields.note(h.name.as_bytes(), h.value)?;
+            fields
+                .note(h.name.as_bytes(), h.value)
+                .map_err(|_| RequestError::BadContentLength)?;
         }
         (len, method, target, minor, spans)
     };
@@ -163,7 +166,7 @@ pub fn parse_request(
     let mut headers = template
         .headers(&head, &spans)
         .map_err(|_| RequestError::BadHead)?;
-    let framing = fields.framing(version)?;
+    let framing = request_framing(&fields, version)?;
     if fields.transfer_encoding && fields.content_length.is_some() {
         // RFC 9112 §6.1: framed by Transfer-Encoding; the length is removed before forwarding
         // and the connection closed after the response (below).
@@ -192,76 +195,22 @@ fn parse_target(method: &Method, raw: Bytes) -> Result<Uri, RequestError> {
     Uri::from_maybe_shared(raw).map_err(|_| RequestError::BadTarget)
 }
 
-/// The fields that decide a request's framing and the connection's reuse, noted while the
-/// head is parsed.
-#[derive(Default)]
-struct Fields {
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked_last: bool,
-    close: bool,
-    keep_alive: bool,
-    expects_continue: bool,
-}
-
-impl Fields {
-    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), RequestError> {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // A list of one repeated value is one value (RFC 9110 §8.6); anything else is not
-            // a length.
-            for part in value.split(|b| *b == b',') {
-                let n = parse_decimal(part.trim_ascii()).ok_or(RequestError::BadContentLength)?;
-                if self.content_length.is_some_and(|m| m != n) {
-                    return Err(RequestError::BadContentLength);
-                }
-                self.content_length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
-            // Only the last coding applied matters, across all the fields of that name.
-            if let Some(last) = value
-                .split(|b| *b == b',')
-                .map(|t| t.trim_ascii())
-                .rfind(|t| !t.is_empty())
-            {
-                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            self.expects_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+/// A request's framing from its fields (RFC 9112 §6.3).
+fn request_framing(fields: &FramingFields, version: Version) -> Result<BodyFraming, RequestError> {
+    if fields.transfer_encoding {
+        if version == Version::HTTP_10 {
+            return Err(RequestError::TransferEncodingOnHttp10);
         }
-        Ok(())
-    }
-
-    fn framing(&self, version: Version) -> Result<BodyFraming, RequestError> {
-        if self.transfer_encoding {
-            if version == Version::HTTP_10 {
-                return Err(RequestError::TransferEncodingOnHttp10);
-            }
-            // A request body read until close would leave no way to answer (RFC 9112 §6.3).
-            if !self.chunked_last {
-                return Err(RequestError::BadTransferEncoding);
-            }
-            return Ok(BodyFraming::Chunked);
+        // A request body read until close would leave no way to answer (RFC 9112 §6.3).
+        if !fields.chunked_last {
+            return Err(RequestError::BadTransferEncoding);
         }
-        Ok(match self.content_length {
-            Some(0) | None => BodyFraming::Empty,
-            Some(n) => BodyFraming::Length(n),
-        })
+        return Ok(BodyFraming::Chunked);
     }
-}
-
-/// 1 to 19 digits: every such number fits a u64, and no body is longer.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Ok(match fields.content_length {
+        Some(0) | None => BodyFraming::Empty,
+        Some(n) => BodyFraming::Length(n),
+    })
 }
 
 /// How a response body goes on the wire.

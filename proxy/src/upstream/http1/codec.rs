@@ -15,6 +15,7 @@ pub use crate::chunked::{chunk_size_line, encode_trailers, Chunk, ChunkedState};
 use crate::{
     chunked::{self, ChunkError},
     decimal::Decimal,
+    framing_fields::FramingFields,
     head_template::{HeadTemplate, Span},
     headers::GatewayFields,
 };
@@ -259,7 +260,9 @@ pub fn parse_response(
                 name: (name, name + h.name.len()),
                 value: (value, value + h.value.len()),
             });
-            fields.note(h.name.as_bytes(), h.value)?;
+            fields
+                .note(h.name.as_bytes(), h.value)
+                .map_err(|_| Http1Error::BadContentLength)?;
         }
         let code = res.code.ok_or(Http1Error::BadHead)?;
         let minor = res.version.ok_or(Http1Error::BadHead)?;
@@ -281,7 +284,7 @@ pub fn parse_response(
     let headers = template
         .headers(&head, &spans)
         .map_err(|_| Http1Error::BadHead)?;
-    let body = fields.framing(version)?;
+    let body = response_framing(&fields, version)?;
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -302,79 +305,25 @@ pub fn parse_response(
     })))
 }
 
-/// The fields that decide a response's framing and the connection's reuse, noted while the
-/// head is parsed.
-#[derive(Default)]
-struct FramingFields {
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked_last: bool,
-    /// `Connection: close`.
-    close: bool,
-    /// `Connection: keep-alive` (what keeps an HTTP/1.0 connection open).
-    keep_alive: bool,
-}
-
-impl FramingFields {
-    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), Http1Error> {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // A list of one repeated value is one value (RFC 9110 §8.6); anything else is not
-            // a length.
-            for part in value.split(|b| *b == b',') {
-                let n = parse_decimal(part.trim_ascii()).ok_or(Http1Error::BadContentLength)?;
-                if self.content_length.is_some_and(|m| m != n) {
-                    return Err(Http1Error::BadContentLength);
-                }
-                self.content_length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
-            // Only the last coding applied matters: chunked must be it for the body to end
-            // anywhere but at the connection's close.
-            if let Some(last) = value
-                .split(|b| *b == b',')
-                .map(|t| t.trim_ascii())
-                .rfind(|t| !t.is_empty())
-            {
-                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
-            }
+/// A response's framing from its fields (RFC 9112 §6.3).
+fn response_framing(fields: &FramingFields, version: Version) -> Result<BodyFraming, Http1Error> {
+    if fields.transfer_encoding {
+        if version == Version::HTTP_10 {
+            return Err(Http1Error::TransferEncodingOnHttp10);
         }
-        Ok(())
-    }
-
-    fn framing(&self, version: Version) -> Result<BodyFraming, Http1Error> {
-        if self.transfer_encoding {
-            if version == Version::HTTP_10 {
-                return Err(Http1Error::TransferEncodingOnHttp10);
-            }
-            if self.content_length.is_some() {
-                return Err(Http1Error::AmbiguousLength);
-            }
-            return Ok(if self.chunked_last {
-                BodyFraming::Chunked
-            } else {
-                BodyFraming::UntilClose
-            });
+        if fields.content_length.is_some() {
+            return Err(Http1Error::AmbiguousLength);
         }
-        Ok(match self.content_length {
-            Some(n) => BodyFraming::Length(n),
-            None => BodyFraming::UntilClose,
-        })
+        return Ok(if fields.chunked_last {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        });
     }
-}
-
-/// 1 to 19 digits: every such number fits a u64, and no body is longer.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    Ok(match fields.content_length {
+        Some(n) => BodyFraming::Length(n),
+        None => BodyFraming::UntilClose,
+    })
 }
 
 /// For the `http1_response` fuzz target: `data` as a service's bytes, fed in pieces of
