@@ -14,7 +14,7 @@ use http::{header, HeaderMap, Method, StatusCode, Uri, Version};
 use crate::{
     decimal::Decimal,
     framing_fields::FramingFields,
-    head_template::{HeadTemplate, Span},
+    head_template::{field_spans, HeadTemplate},
 };
 
 /// Most header fields in one request head (hyper's default, which the gateway kept).
@@ -142,18 +142,8 @@ pub fn parse_request(
         let path = req.path.ok_or(RequestError::BadHead)?;
         let target = (path.as_ptr() as usize - base, path.len());
         let minor = req.version.ok_or(RequestError::BadHead)?;
-        let mut spans = Vec::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            spans.push(Span {
-                name: (name, name + h.name.len()),
-                value: (value, value + h.value.len()),
-            });
-            fields
-                .note(h.name.as_bytes(), h.value)
-                .map_err(|_| RequestError::BadContentLength)?;
-        }
+        let spans = field_spans(buf, req.headers, &mut fields)
+            .map_err(|_| RequestError::BadContentLength)?;
         (len, method, target, minor, spans)
     };
     let head = buf.split_to(len).freeze();

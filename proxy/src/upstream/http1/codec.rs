@@ -16,7 +16,7 @@ use crate::{
     chunked::{self, ChunkError},
     decimal::Decimal,
     framing_fields::FramingFields,
-    head_template::{HeadTemplate, Span},
+    head_template::{field_spans, HeadTemplate},
     headers::GatewayFields,
 };
 
@@ -250,20 +250,9 @@ pub fn parse_response(
             return Err(Http1Error::HeadTooLarge);
         }
         // Where each field lies, so that its value can point into the head once the head is
-        // split off the buffer (sized exactly: a fixed array would be zeroed on every call).
-        let base = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            spans.push(Span {
-                name: (name, name + h.name.len()),
-                value: (value, value + h.value.len()),
-            });
-            fields
-                .note(h.name.as_bytes(), h.value)
-                .map_err(|_| Http1Error::BadContentLength)?;
-        }
+        // split off the buffer.
+        let spans =
+            field_spans(buf, res.headers, &mut fields).map_err(|_| Http1Error::BadContentLength)?;
         let code = res.code.ok_or(Http1Error::BadHead)?;
         let minor = res.version.ok_or(Http1Error::BadHead)?;
         (len, code, minor, spans)
