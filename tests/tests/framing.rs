@@ -236,6 +236,34 @@ async fn http1_requests_that_break_the_framing_rules_get_400_and_never_reach_the
         "{reply:?}"
     );
     assert_eq!(seen.load(Ordering::SeqCst), 0);
+    // So do the HTTP/1.1 server's, which also close the connection.
+    let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+    for (raw, status, reason) in [
+        (
+            format!("POST / HTTP/1.1\r\n{host}content-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
+            400,
+            "invalid content-length",
+        ),
+        (
+            format!("GET / HTTP/3.0\r\n{host}\r\n"),
+            505,
+            "unsupported HTTP version",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\n{host}{many}\r\n"),
+            431,
+            "too many request headers",
+        ),
+    ] {
+        let reply = h1(&fx, &gw, &raw).await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert!(
+            reply.head.contains(&format!("l5d-proxy-error: {reason}")),
+            "{reply:?}"
+        );
+        assert!(reply.closed, "{reply:?}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
 
     // Transfer-Encoding with Content-Length (RFC 9112 §6.1): framed by the former alone, the
     // latter dropped, and the connection closed after the response.
@@ -289,6 +317,8 @@ async fn http1_requests_that_break_the_framing_rules_get_400_and_never_reach_the
     let m = gw.metrics();
     for reason in [
         "duplicate host",
+        "invalid content-length",
+        "unsupported HTTP version",
         "method not supported",
         "invalid authority",
         "missing authority",
