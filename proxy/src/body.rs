@@ -1,6 +1,6 @@
-//! A caller's request body, from whichever server read the request: the gateway's HTTP/1
-//! server, or its HTTP/2 server on the h2 crate. Upstreams take either without knowing
-//! which.
+//! A caller's request body, from whichever of the gateway's servers read the request
+//! (HTTP/1 or HTTP/2); upstreams take either without knowing which. Also the h2 crate's
+//! body, as the gateway's HTTP/2 client receives an endpoint's response.
 
 use std::{
     pin::Pin,
@@ -11,11 +11,11 @@ use bytes::Bytes;
 use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::inbound::{Http1Body, Http1BodyError};
+use crate::inbound::{Http1Body, Http1BodyError, Http2BodyError, RequestBody as Http2Body};
 
 pub enum CallerBody {
     Http1(Http1Body),
-    Http2(H2Body),
+    Http2(Http2Body),
 }
 
 impl std::fmt::Debug for CallerBody {
@@ -33,11 +33,10 @@ pub enum CallerBodyError {
     #[error(transparent)]
     Http1(#[from] Http1BodyError),
     #[error(transparent)]
-    Http2(#[from] h2::Error),
+    Http2(#[from] Http2BodyError),
 }
 
-/// An HTTP/2 body as the h2 crate receives it: a caller's request body, or an endpoint's
-/// response body. Flow-control capacity goes back to the sender as each frame is handed on,
+/// An HTTP/2 body as the h2 crate receives it: an endpoint's response body. Flow-control capacity goes back to the sender as each frame is handed on,
 /// so the sender's window tracks what the other side has taken.
 pub struct H2Body {
     recv: h2::RecvStream,

@@ -16,6 +16,12 @@ use crate::{
     message,
 };
 
+/// A caller's HPACK header blocks on one connection, each written again by literals and by
+/// the gateway's encoder and decoded back to the same fields.
+pub fn hpack(data: &[u8]) {
+    crate::h2codec::fuzz_hpack(data)
+}
+
 /// A service's HTTP/1.1 response as the gateway's upstream codec reads it; the first byte
 /// picks the request method and how the rest is split into reads.
 pub fn upstream_response(data: &[u8]) {

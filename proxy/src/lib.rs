@@ -31,6 +31,7 @@ mod exchange;
 mod framing_fields;
 #[doc(hidden)]
 pub mod fuzzing;
+mod h2codec;
 mod head_template;
 mod headers;
 mod inbound;

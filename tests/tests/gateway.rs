@@ -37,6 +37,9 @@ async fn curl(
         .unwrap()
         .expect("curl");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        eprintln!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
     let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
     (out.status.success(), code.to_string(), body.to_string())
 }

@@ -53,11 +53,11 @@ pub struct HttpLimits {
     pub max_concurrent_streams: u32,
 }
 
-/// The servers a connection may get, built once: the gateway's own HTTP/1 server, and its
-/// HTTP/2 server on h2.
+/// The servers a connection may get, built once: the gateway's own HTTP/1 and HTTP/2
+/// servers' settings.
 pub struct HttpServers {
     h1: http1::Limits,
-    h2: ::h2::server::Builder,
+    h2: http2::Settings,
 }
 
 impl HttpServers {
@@ -67,7 +67,7 @@ impl HttpServers {
                 header_read_timeout: limits.header_read_timeout,
                 max_head: limits.max_header_bytes,
             },
-            h2: h2_builder(limits),
+            h2: h2_settings(limits),
         }
     }
 
@@ -86,7 +86,7 @@ impl HttpServers {
     {
         let shutdown = Arc::new(http1::Shutdown::default());
         let served = match version {
-            HttpVersion::Http2 => return Serving::H2(http2::Served::new(io, &self.h2, handler)),
+            HttpVersion::Http2 => return Serving::H2(http2::Served::new(io, self.h2, handler)),
             HttpVersion::Http1 => Box::pin(
                 http1::serve(io, BytesMut::new(), self.h1, handler, shutdown.clone())
                     .map(|r| r.map_err(|e| e.to_string())),
@@ -94,7 +94,7 @@ impl HttpServers {
             HttpVersion::Detect => Box::pin(detect_and_serve(
                 io,
                 self.h1,
-                self.h2.clone(),
+                self.h2,
                 handler,
                 shutdown.clone(),
             )),
@@ -111,7 +111,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn detect_and_serve<IO, F, Fut>(
     mut io: IO,
     h1: http1::Limits,
-    h2: ::h2::server::Builder,
+    h2: http2::Settings,
     handler: F,
     shutdown: Arc<http1::Shutdown>,
 ) -> Result<(), String>
@@ -143,7 +143,7 @@ where
     }
     let mut served = pin!(http2::Served::new(
         Rewind::new(buf.freeze(), io),
-        &h2,
+        h2,
         handler
     ));
     tokio::select! {
@@ -162,7 +162,7 @@ where
     F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    H2(http2::Served<IO, F>),
+    H2(http2::Served<IO, F, Fut, Body>),
     /// HTTP/1, or not yet known: graceful shutdown goes through `shutdown`.
     Boxed {
         served: ServingFuture,
@@ -201,23 +201,18 @@ where
     }
 }
 
-/// The HTTP/2 server's settings: the caller's limits, fixed windows, and h2's budgets for streams the caller resets before they are answered (rapid reset) and for
-/// streams it makes the gateway reset.
-fn h2_builder(limits: &HttpLimits) -> ::h2::server::Builder {
-    let mut b = ::h2::server::Builder::new();
-    b.max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buffer_size(SEND_BUF_PER_STREAM)
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(Some(1024));
-    b
+/// The HTTP/2 server's settings: the caller's limits and fixed windows.
+fn h2_settings(limits: &HttpLimits) -> http2::Settings {
+    http2::Settings {
+        max_concurrent_streams: limits.max_concurrent_streams,
+        max_header_list_size: limits.max_header_bytes,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+    }
 }
 
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-const SEND_BUF_PER_STREAM: usize = 64 * 1024;
 
 /// A caller's HTTP connection: the connection context and, when a transport header named
 /// one, the target every request goes to.

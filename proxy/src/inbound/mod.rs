@@ -20,6 +20,7 @@ use tokio::{
 
 pub use self::http::{HttpLimits, HttpServers};
 pub(crate) use self::http1::{fuzz_request, Http1Body, Http1BodyError};
+pub(crate) use self::http2::{Http2BodyError, RequestBody};
 pub(crate) use self::session::HttpVersion;
 use self::session::Session;
 use crate::{

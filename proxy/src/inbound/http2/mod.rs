@@ -1,0 +1,464 @@
+//! The gateway's own HTTP/2 server for callers: one future per connection reads the caller's
+//! frames, runs each stream's handler and writes every response, with no task, channel or
+//! service stack per stream.
+//!
+//! Every Linkerd source proxy speaks HTTP/2 to the gateway, so this is the path most requests
+//! take. One turn of the connection: take every whole frame read ([`conn::Conn`] applies
+//! them: requests start, resets abort their handler before it first runs), run the handlers
+//! and response bodies that were woken, give back flow-control credit for request bodies
+//! read, and write everything queued in one write. The caller's frames are not read while
+//! more than [`conn::OUT_HIGH`] bytes wait to be written to it.
+//!
+//! `request.rs` holds a head to RFC 9113 §8, `body.rs` is the request body, and the wire
+//! format (frames, HPACK) is in `crate::h2codec`.
+
+mod body;
+mod conn;
+mod request;
+
+use std::{
+    fmt::Display,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{
+    future::Abortable,
+    stream::{FuturesUnordered, StreamExt},
+};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use self::body::{Http2BodyError, RequestBody};
+pub use self::conn::Settings;
+use self::{
+    body::Released,
+    conn::{Conn, NewRequest, OUT_HIGH},
+};
+use crate::{
+    body::CallerBody,
+    h2codec::{
+        frame::{self, Head, Reason, HEAD_LEN},
+        HpackError,
+    },
+    metrics,
+};
+
+/// Why a caller's HTTP/2 connection ended in error. After a protocol error the caller gets
+/// GOAWAY with the code and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Http2Error {
+    #[error("the caller broke HTTP/2 ({code}): {what}")]
+    Protocol { code: Reason, what: &'static str },
+    #[error("the caller went over an HTTP/2 budget (ENHANCE_YOUR_CALM): {0}")]
+    Calm(&'static str),
+    #[error("the caller's header block does not decode (COMPRESSION_ERROR): {0}")]
+    Hpack(#[from] HpackError),
+    #[error("connection i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Http2Error {
+    fn protocol(code: Reason, what: &'static str) -> Http2Error {
+        Http2Error::Protocol { code, what }
+    }
+
+    fn code(&self) -> Reason {
+        match self {
+            Http2Error::Protocol { code, .. } => *code,
+            Http2Error::Calm(_) => Reason::ENHANCE_YOUR_CALM,
+            Http2Error::Hpack(_) => Reason::COMPRESSION_ERROR,
+            Http2Error::Io(_) => Reason::INTERNAL_ERROR,
+        }
+    }
+
+    /// Stable reason for logs, metrics and the GOAWAY's debug data.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Http2Error::Protocol { what, .. } => what,
+            Http2Error::Calm(what) => what,
+            Http2Error::Hpack(_) => "hpack_decoding_failed",
+            Http2Error::Io(_) => "connection_io_failed",
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Read buffer room ensured before each read.
+const READ_ROOM: usize = 16 * 1024;
+
+/// One caller's HTTP/2 connection being served. Resolves when the connection has closed
+/// (the caller went, or a graceful shutdown finished) or failed.
+pub struct Served<IO, F, Fut, B>
+where
+    Fut: Future,
+{
+    io: IO,
+    /// Bytes read and not yet taken as frames.
+    rbuf: BytesMut,
+    /// Frames to write; `sent` of them are written.
+    out: Vec<u8>,
+    sent: usize,
+    conn: Conn<B>,
+    handlers: FuturesUnordered<Handling<Fut>>,
+    bodies: FuturesUnordered<NextFrame<B>>,
+    handler: F,
+    released: Arc<Released>,
+    /// Scratch lists, kept to reuse their allocations.
+    releases: Vec<(u32, usize, bool)>,
+    new_requests: Vec<NewRequest>,
+    preface_seen: bool,
+    /// Asked to shut down gracefully (GOAWAY goes with the next turn).
+    shutdown: bool,
+    state: State,
+}
+
+enum State {
+    Open,
+    /// Closing once the last writes are out, with the error to report.
+    Closing(Option<Http2Error>),
+    Done,
+}
+
+impl<IO, F, Fut, B> Served<IO, F, Fut, B>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Request<CallerBody>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Display,
+{
+    pub fn new(io: IO, settings: Settings, handler: F) -> Self {
+        let released = Arc::new(Released::default());
+        let mut out = Vec::new();
+        let conn = Conn::new(settings, released.clone(), &mut out);
+        Self {
+            io,
+            rbuf: BytesMut::new(),
+            out,
+            sent: 0,
+            conn,
+            handlers: FuturesUnordered::new(),
+            bodies: FuturesUnordered::new(),
+            handler,
+            released,
+            releases: Vec::new(),
+            new_requests: Vec::new(),
+            preface_seen: false,
+            shutdown: false,
+            state: State::Open,
+        }
+    }
+
+    /// Sends GOAWAY: streams already open finish, no new one is taken.
+    pub fn graceful_shutdown(&mut self) {
+        self.shutdown = true;
+    }
+
+    fn room(&self) -> bool {
+        self.out.len() - self.sent < OUT_HIGH
+    }
+
+    /// Applies every whole frame in the read buffer, while there is room to answer.
+    fn take_frames(&mut self) -> Result<(), Http2Error> {
+        if !self.preface_seen {
+            let n = self.rbuf.len().min(PREFACE.len());
+            if self.rbuf[..n] != PREFACE[..n] {
+                return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "bad_preface"));
+            }
+            if n < PREFACE.len() {
+                return Ok(());
+            }
+            self.rbuf.advance(PREFACE.len());
+            self.preface_seen = true;
+        }
+        while self.rbuf.len() >= HEAD_LEN && self.room() {
+            let Ok(raw) = <&[u8; HEAD_LEN]>::try_from(&self.rbuf[..HEAD_LEN]) else {
+                break;
+            };
+            let head = Head::parse(raw);
+            if head.len > frame::MIN_MAX_FRAME_SIZE as usize {
+                return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "frame_too_large"));
+            }
+            if self.rbuf.len() < HEAD_LEN + head.len {
+                // The rest of the frame is still to come; make room for it at once.
+                self.rbuf.reserve(HEAD_LEN + head.len - self.rbuf.len());
+                break;
+            }
+            self.rbuf.advance(HEAD_LEN);
+            let payload = self.rbuf.split_to(head.len).freeze();
+            self.conn
+                .recv(head, payload, &mut self.out, &mut self.new_requests)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the handlers of the requests the last frames opened.
+    fn start_requests(&mut self) {
+        for r in self.new_requests.drain(..) {
+            let req = Request::from_parts(r.head, CallerBody::Http2(r.body));
+            self.handlers.push(Handling {
+                id: r.id,
+                answer: Abortable::new((self.handler)(req), r.abort),
+            });
+        }
+    }
+
+    /// A handler's response: its head now, and its body's first frame with it when ready.
+    fn respond(&mut self, id: u32, resp: Response<B>, cx: &mut Context<'_>) {
+        let (head, mut body) = resp.into_parts();
+        let end = body.is_end_stream();
+        let len = body.size_hint().exact();
+        if !self.conn.respond(id, head, len, end, &mut self.out) || end {
+            return;
+        }
+        match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(frame) => self.body_frame(id, frame, body),
+            Poll::Pending => self.bodies.push(NextFrame {
+                id,
+                body: Some(body),
+            }),
+        }
+    }
+
+    fn body_frame(&mut self, id: u32, frame: Option<Result<Frame<Bytes>, B::Error>>, body: B) {
+        match frame {
+            None => self.conn.send_data(id, Bytes::new(), true, body, &mut self.out),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    self.conn.send_data(id, data, end, body, &mut self.out)
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.conn.send_trailers(id, trailers, &mut self.out);
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; resetting the stream");
+                self.conn.body_failed(id, &mut self.out);
+            }
+        }
+        self.resume_bodies();
+    }
+
+    /// Bodies whose last frame has gone out are polled for their next.
+    fn resume_bodies(&mut self) {
+        for (id, body) in self.conn.resumed.drain(..) {
+            self.bodies.push(NextFrame {
+                id,
+                body: Some(body),
+            });
+        }
+    }
+
+    /// Writes what is queued. Ready(true) when something was written.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let mut wrote = false;
+        while self.sent < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.sent += n;
+                    wrote = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if wrote => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.sent == self.out.len() && self.sent > 0 {
+            self.out.clear();
+            self.sent = 0;
+            // A large body's burst leaves a large buffer; an idle connection keeps little.
+            if self.out.capacity() > 4 * OUT_HIGH {
+                self.out.shrink_to(OUT_HIGH);
+            }
+        }
+        if wrote {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        }
+        Poll::Ready(Ok(wrote))
+    }
+
+    /// Ends the connection: a connection error is sent as GOAWAY; every stream stops.
+    fn close(&mut self, error: Option<Http2Error>) {
+        if let Some(e) = &error {
+            metrics::http_error(e.reason());
+            if !matches!(e, Http2Error::Io(_)) {
+                frame::put_goaway(&mut self.out, self.conn.last_stream(), e.code(), e.reason());
+            }
+        }
+        self.conn.close_all();
+        self.handlers = FuturesUnordered::new();
+        self.bodies = FuturesUnordered::new();
+        self.state = State::Closing(error);
+    }
+
+    /// One pass over everything that may have work; true if any did.
+    fn turn(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        if self.shutdown && !self.conn.going_away() {
+            self.conn.go_away(&mut self.out);
+            progress = true;
+        }
+        if let Err(e) = self.take_frames() {
+            self.close(Some(e));
+            return true;
+        }
+        if self.room() {
+            if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM / 4 {
+                self.rbuf.reserve(READ_ROOM);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => {
+                    // The caller closed: nothing more can reach it.
+                    self.close(None);
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    progress = true;
+                    if let Err(e) = self.take_frames() {
+                        self.close(Some(e));
+                        return true;
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.close(Some(e.into()));
+                    return true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !self.new_requests.is_empty() {
+            self.start_requests();
+            progress = true;
+        }
+        while let Poll::Ready(Some((id, answer))) = self.handlers.poll_next_unpin(cx) {
+            progress = true;
+            if let Some(resp) = answer {
+                self.respond(id, resp, cx);
+            }
+        }
+        // Data held back while the output was full goes once it has drained (however the
+        // drain was noticed: a write, or a flush that completed later).
+        if self.room() && self.conn.send_blocked(&mut self.out) {
+            progress = true;
+        }
+        if !self.conn.resumed.is_empty() {
+            self.resume_bodies();
+            progress = true;
+        }
+        while let Poll::Ready(Some((id, frame, body))) = self.bodies.poll_next_unpin(cx) {
+            progress = true;
+            self.body_frame(id, frame, body);
+        }
+        self.released.take(cx, &mut self.releases);
+        if !self.releases.is_empty() {
+            self.conn.released(&self.releases, &mut self.out);
+            self.releases.clear();
+            progress = true;
+        }
+        let finished = self.conn.going_away() || self.conn.peer_goaway;
+        if finished && self.conn.open_streams() == 0 && self.handlers.is_empty() {
+            self.close(None);
+            return true;
+        }
+        progress
+    }
+}
+
+impl<IO, F, Fut, B> Future for Served<IO, F, Fut, B>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(Request<CallerBody>) -> Fut + Unpin,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Display,
+{
+    type Output = Result<(), Http2Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let mut progress = match this.state {
+                State::Open => this.turn(cx),
+                State::Closing(_) => false,
+                State::Done => return Poll::Ready(Ok(())),
+            };
+            match this.poll_write(cx) {
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
+                Poll::Ready(Err(e)) => {
+                    if matches!(this.state, State::Open) {
+                        this.close(Some(e.into()));
+                        progress = true;
+                    } else {
+                        // Closing anyway; what could not be written is lost with the caller.
+                        this.out.clear();
+                        this.sent = 0;
+                    }
+                }
+                Poll::Pending => {}
+            }
+            if let State::Closing(error) = &mut this.state {
+                if this.sent < this.out.len() {
+                    return Poll::Pending;
+                }
+                let _ = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+                let error = error.take();
+                this.state = State::Done;
+                return Poll::Ready(error.map_or(Ok(()), Err));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream's handler, stopped (before its first poll, if need be) when the caller
+    /// resets the stream.
+    struct Handling<Fut> {
+        id: u32,
+        #[pin]
+        answer: Abortable<Fut>,
+    }
+}
+
+impl<Fut: Future> Future for Handling<Fut> {
+    type Output = (u32, Option<Fut::Output>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.answer.poll(cx).map(|r| (*this.id, r.ok()))
+    }
+}
+
+/// A response body waiting for its next frame.
+struct NextFrame<B> {
+    id: u32,
+    body: Option<B>,
+}
+
+impl<B: Body + Unpin> Future for NextFrame<B> {
+    type Output = (u32, Option<Result<Frame<B::Data>, B::Error>>, B);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Pending;
+        };
+        let frame = ready!(Pin::new(body).poll_frame(cx));
+        match self.body.take() {
+            Some(body) => Poll::Ready((self.id, frame, body)),
+            None => Poll::Pending,
+        }
+    }
+}
