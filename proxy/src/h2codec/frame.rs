@@ -152,7 +152,13 @@ pub fn put_goaway(out: &mut Vec<u8>, last_stream: u32, reason: Reason, debug: &s
 }
 
 /// Writes a header block as HEADERS and, beyond `max_frame`, CONTINUATION frames.
-pub fn put_header_block(out: &mut Vec<u8>, stream: u32, block: &[u8], end_stream: bool, max_frame: usize) {
+pub fn put_header_block(
+    out: &mut Vec<u8>,
+    stream: u32,
+    block: &[u8],
+    end_stream: bool,
+    max_frame: usize,
+) {
     let mut chunks = block.chunks(max_frame.max(1));
     let first = chunks.next().unwrap_or(&[]);
     let last = block.len() <= max_frame;
@@ -164,7 +170,11 @@ pub fn put_header_block(out: &mut Vec<u8>, stream: u32, block: &[u8], end_stream
     out.extend_from_slice(first);
     let mut rest = chunks.peekable();
     while let Some(chunk) = rest.next() {
-        let flags = if rest.peek().is_none() { flag::END_HEADERS } else { 0 };
+        let flags = if rest.peek().is_none() {
+            flag::END_HEADERS
+        } else {
+            0
+        };
         put_head(out, chunk.len(), kind::CONTINUATION, flags, stream);
         out.extend_from_slice(chunk);
     }
@@ -177,7 +187,13 @@ mod tests {
     #[test]
     fn heads_round_trip_and_the_reserved_bit_is_ignored() {
         let mut out = Vec::new();
-        put_head(&mut out, 0x12_3456, kind::HEADERS, flag::END_HEADERS, 0x8000_0007);
+        put_head(
+            &mut out,
+            0x12_3456,
+            kind::HEADERS,
+            flag::END_HEADERS,
+            0x8000_0007,
+        );
         let head = Head::parse(out[..9].try_into().unwrap());
         assert_eq!(
             head,

@@ -461,7 +461,13 @@ impl Encoder {
         self.last.truncate(position);
     }
 
-    fn field(&mut self, position: usize, name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    fn field(
+        &mut self,
+        position: usize,
+        name: &HeaderName,
+        value: &HeaderValue,
+        out: &mut Vec<u8>,
+    ) {
         if let Some(w) = self.last.get(position) {
             if w.name == name {
                 if w.value.as_bytes() == value.as_bytes() {
@@ -551,7 +557,12 @@ pub fn is_connection_specific(name: &HeaderName) -> bool {
 /// Encodes a header list for tests and fuzzing: the given representation for each field.
 /// (Used by tests and the fuzz targets: the gateway itself writes literals with its encoder.)
 pub fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8], indexing: bool, huffman: bool) {
-    put_integer(out, if indexing { 0x40 } else { 0x00 }, if indexing { 6 } else { 4 }, 0);
+    put_integer(
+        out,
+        if indexing { 0x40 } else { 0x00 },
+        if indexing { 6 } else { 4 },
+        0,
+    );
     for s in [name, value] {
         if huffman {
             let mut h = Vec::new();
@@ -592,7 +603,9 @@ mod tests {
     }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -639,7 +652,14 @@ mod tests {
     #[test]
     fn refuses_bad_blocks() {
         let mut d = Decoder::default();
-        for bad in ["80", "be", "8286 3fe1 1f", "82 20", "3fff ffff ff0f", "4003 6162"] {
+        for bad in [
+            "80",
+            "be",
+            "8286 3fe1 1f",
+            "82 20",
+            "3fff ffff ff0f",
+            "4003 6162",
+        ] {
             assert!(d.decode(&hex(bad), |_| {}).is_err(), "{bad}");
         }
         // Upper case names decode (the table stays in step) and are marked invalid.
@@ -658,7 +678,10 @@ mod tests {
         let mut d = Decoder::default();
         let mut h = HeaderMap::new();
         h.insert(header::SERVER, HeaderValue::from_static("backend"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert("x-custom", HeaderValue::from_static("v"));
         h.insert(header::SET_COOKIE, HeaderValue::from_static("secret"));
         let mut first = Vec::new();

@@ -120,7 +120,9 @@ pub fn decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
                 (s as u16, l as u32)
             } else {
                 let mut len = 9;
-                while len <= LONGEST && (t.limit[len as usize] == 0 || window >= t.limit[len as usize]) {
+                while len <= LONGEST
+                    && (t.limit[len as usize] == 0 || window >= t.limit[len as usize])
+                {
                     len += 1;
                 }
                 if len > LONGEST {

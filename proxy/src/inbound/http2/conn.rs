@@ -179,9 +179,15 @@ impl<B> Conn<B> {
         frame::put_settings(
             out,
             &[
-                (setting::MAX_CONCURRENT_STREAMS, settings.max_concurrent_streams),
+                (
+                    setting::MAX_CONCURRENT_STREAMS,
+                    settings.max_concurrent_streams,
+                ),
                 (setting::INITIAL_WINDOW_SIZE, settings.stream_window),
-                (setting::MAX_HEADER_LIST_SIZE, settings.max_header_list_size as u32),
+                (
+                    setting::MAX_HEADER_LIST_SIZE,
+                    settings.max_header_list_size as u32,
+                ),
                 (setting::ENABLE_PUSH, 0),
             ],
         );
@@ -243,7 +249,10 @@ impl<B> Conn<B> {
         events: &mut Vec<NewRequest>,
     ) -> Result<(), Http2Error> {
         if head.len > frame::MIN_MAX_FRAME_SIZE as usize {
-            return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "frame_too_large"));
+            return Err(Http2Error::protocol(
+                Reason::FRAME_SIZE_ERROR,
+                "frame_too_large",
+            ));
         }
         if !self.saw_settings {
             if head.kind != kind::SETTINGS || head.has(flag::ACK) {
@@ -278,12 +287,18 @@ impl<B> Conn<B> {
             kind::DATA => self.data(head, payload, out),
             kind::HEADERS => {
                 if head.stream == 0 {
-                    return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "headers_on_stream_0"));
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        "headers_on_stream_0",
+                    ));
                 }
                 let mut block = unpad(&head, payload)?;
                 if head.has(flag::PRIORITY) {
                     if block.len() < 5 {
-                        return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "short_priority"));
+                        return Err(Http2Error::protocol(
+                            Reason::FRAME_SIZE_ERROR,
+                            "short_priority",
+                        ));
                     }
                     let _ = block.split_to(5);
                 }
@@ -304,7 +319,10 @@ impl<B> Conn<B> {
             }
             kind::PRIORITY => {
                 if head.stream == 0 {
-                    return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "priority_on_stream_0"));
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        "priority_on_stream_0",
+                    ));
                 }
                 if head.len != 5 {
                     self.reset(head.stream, Reason::FRAME_SIZE_ERROR, out)?;
@@ -319,7 +337,10 @@ impl<B> Conn<B> {
             )),
             kind::PING => {
                 if head.stream != 0 {
-                    return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "ping_on_stream"));
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        "ping_on_stream",
+                    ));
                 }
                 let Ok(data) = <[u8; 8]>::try_from(&payload[..]) else {
                     return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "ping_size"));
@@ -331,10 +352,16 @@ impl<B> Conn<B> {
             }
             kind::GOAWAY => {
                 if head.stream != 0 {
-                    return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "goaway_on_stream"));
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        "goaway_on_stream",
+                    ));
                 }
                 if payload.len() < 8 {
-                    return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "goaway_size"));
+                    return Err(Http2Error::protocol(
+                        Reason::FRAME_SIZE_ERROR,
+                        "goaway_size",
+                    ));
                 }
                 self.peer_goaway = true;
                 Ok(())
@@ -396,7 +423,10 @@ impl<B> Conn<B> {
         let mut b = HeadBuilder::request(self.settings.max_header_list_size);
         self.decoder.decode(&block, |f| b.field(f))?;
         if id % 2 == 0 {
-            return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "even_stream_id"));
+            return Err(Http2Error::protocol(
+                Reason::PROTOCOL_ERROR,
+                "even_stream_id",
+            ));
         }
         if id <= self.last_stream {
             // A stream already closed (perhaps reset by the gateway while the caller was
@@ -473,7 +503,8 @@ impl<B> Conn<B> {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         headers.insert(L5D_PROXY_ERROR, HeaderValue::from_static(r.reason()));
         self.scratch.clear();
-        self.encoder.encode(Some(status), &headers, &mut self.scratch);
+        self.encoder
+            .encode(Some(status), &headers, &mut self.scratch);
         frame::put_header_block(out, id, &self.scratch, true, self.peer_max_frame);
         if !end_stream {
             frame::put_rst_stream(out, id, Reason::NO_ERROR);
@@ -490,12 +521,7 @@ impl<B> Conn<B> {
     }
 
     /// A stream error: RST_STREAM, the stream's handler and body stopped.
-    fn reset(
-        &mut self,
-        id: u32,
-        reason: Reason,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Http2Error> {
+    fn reset(&mut self, id: u32, reason: Reason, out: &mut Vec<u8>) -> Result<(), Http2Error> {
         self.count_local_reset()?;
         frame::put_rst_stream(out, id, reason);
         if let Some(s) = self.streams.remove(&id) {
@@ -513,11 +539,7 @@ impl<B> Conn<B> {
         }
     }
 
-    fn malformed_body(
-        &mut self,
-        id: u32,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Http2Error> {
+    fn malformed_body(&mut self, id: u32, out: &mut Vec<u8>) -> Result<(), Http2Error> {
         metrics::http_error("request_body_content_length_mismatch");
         if let Some(s) = self.streams.get(&id) {
             if let Some(inflow) = &s.inflow {
@@ -527,14 +549,12 @@ impl<B> Conn<B> {
         self.reset(id, Reason::PROTOCOL_ERROR, out)
     }
 
-    fn data(
-        &mut self,
-        head: Head,
-        payload: Bytes,
-        out: &mut Vec<u8>,
-    ) -> Result<(), Http2Error> {
+    fn data(&mut self, head: Head, payload: Bytes, out: &mut Vec<u8>) -> Result<(), Http2Error> {
         if head.stream == 0 {
-            return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "data_on_stream_0"));
+            return Err(Http2Error::protocol(
+                Reason::PROTOCOL_ERROR,
+                "data_on_stream_0",
+            ));
         }
         let len = payload.len();
         if len as i64 > self.recv_window {
@@ -549,7 +569,10 @@ impl<B> Conn<B> {
         let padding = len - data.len();
         let Some(s) = self.streams.get_mut(&head.stream) else {
             if head.stream > self.last_stream {
-                return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "data_on_idle_stream"));
+                return Err(Http2Error::protocol(
+                    Reason::PROTOCOL_ERROR,
+                    "data_on_idle_stream",
+                ));
             }
             // A stream already closed: its bytes go back to the connection's window.
             self.release_connection(len, out);
@@ -596,16 +619,18 @@ impl<B> Conn<B> {
         Ok(())
     }
 
-    fn rst_stream(
-        &mut self,
-        head: Head,
-        payload: &[u8],
-    ) -> Result<(), Http2Error> {
+    fn rst_stream(&mut self, head: Head, payload: &[u8]) -> Result<(), Http2Error> {
         let Ok(code) = <[u8; 4]>::try_from(payload) else {
-            return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "rst_stream_size"));
+            return Err(Http2Error::protocol(
+                Reason::FRAME_SIZE_ERROR,
+                "rst_stream_size",
+            ));
         };
         if head.stream == 0 || head.stream > self.last_stream {
-            return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "rst_stream_on_idle_stream"));
+            return Err(Http2Error::protocol(
+                Reason::PROTOCOL_ERROR,
+                "rst_stream_on_idle_stream",
+            ));
         }
         let reason = Reason(u32::from_be_bytes(code));
         match self.streams.remove(&head.stream) {
@@ -622,18 +647,32 @@ impl<B> Conn<B> {
         }
     }
 
-    fn settings(&mut self, head: Head, payload: &[u8], out: &mut Vec<u8>) -> Result<(), Http2Error> {
+    fn settings(
+        &mut self,
+        head: Head,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Http2Error> {
         if head.stream != 0 {
-            return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "settings_on_stream"));
+            return Err(Http2Error::protocol(
+                Reason::PROTOCOL_ERROR,
+                "settings_on_stream",
+            ));
         }
         if head.has(flag::ACK) {
             if !payload.is_empty() {
-                return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "settings_ack_size"));
+                return Err(Http2Error::protocol(
+                    Reason::FRAME_SIZE_ERROR,
+                    "settings_ack_size",
+                ));
             }
             return self.noop();
         }
         if payload.len() % 6 != 0 {
-            return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "settings_size"));
+            return Err(Http2Error::protocol(
+                Reason::FRAME_SIZE_ERROR,
+                "settings_size",
+            ));
         }
         for p in payload.chunks_exact(6) {
             let id = u16::from_be_bytes([p[0], p[1]]);
@@ -641,7 +680,10 @@ impl<B> Conn<B> {
             match id {
                 setting::HEADER_TABLE_SIZE => self.encoder.set_max_size(value as usize),
                 setting::ENABLE_PUSH if value > 1 => {
-                    return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "enable_push_value"))
+                    return Err(Http2Error::protocol(
+                        Reason::PROTOCOL_ERROR,
+                        "enable_push_value",
+                    ))
                 }
                 setting::INITIAL_WINDOW_SIZE => {
                     if value as i64 > MAX_WINDOW {
@@ -660,7 +702,15 @@ impl<B> Conn<B> {
                                 "window_overflow",
                             ));
                         }
-                        if delta > 0 && matches!(s.local, Local::Sending { pending: Some(_), .. }) {
+                        if delta > 0
+                            && matches!(
+                                s.local,
+                                Local::Sending {
+                                    pending: Some(_),
+                                    ..
+                                }
+                            )
+                        {
                             self.blocked.push(*id);
                         }
                     }
@@ -690,19 +740,34 @@ impl<B> Conn<B> {
         out: &mut Vec<u8>,
     ) -> Result<(), Http2Error> {
         let Ok(raw) = <[u8; 4]>::try_from(payload) else {
-            return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "window_update_size"));
+            return Err(Http2Error::protocol(
+                Reason::FRAME_SIZE_ERROR,
+                "window_update_size",
+            ));
         };
         let increment = (u32::from_be_bytes(raw) & 0x7fff_ffff) as i64;
         if head.stream == 0 {
             if increment == 0 {
-                return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "zero_window_increment"));
+                return Err(Http2Error::protocol(
+                    Reason::PROTOCOL_ERROR,
+                    "zero_window_increment",
+                ));
             }
             self.send_window += increment;
             if self.send_window > MAX_WINDOW {
-                return Err(Http2Error::protocol(Reason::FLOW_CONTROL_ERROR, "window_overflow"));
+                return Err(Http2Error::protocol(
+                    Reason::FLOW_CONTROL_ERROR,
+                    "window_overflow",
+                ));
             }
             for (id, s) in &self.streams {
-                if matches!(s.local, Local::Sending { pending: Some(_), .. }) {
+                if matches!(
+                    s.local,
+                    Local::Sending {
+                        pending: Some(_),
+                        ..
+                    }
+                ) {
                     self.blocked.push(*id);
                 }
             }
@@ -725,7 +790,13 @@ impl<B> Conn<B> {
         if s.send_window > MAX_WINDOW {
             return self.reset(head.stream, Reason::FLOW_CONTROL_ERROR, out);
         }
-        if matches!(s.local, Local::Sending { pending: Some(_), .. }) {
+        if matches!(
+            s.local,
+            Local::Sending {
+                pending: Some(_),
+                ..
+            }
+        ) {
             self.blocked.push(head.stream);
             self.send_blocked(out);
         }
@@ -769,7 +840,14 @@ impl<B> Conn<B> {
 
     /// The handler's response head. False when the stream is gone (the caller reset it):
     /// the response is dropped.
-    pub fn respond(&mut self, id: u32, mut head: response::Parts, body_len: Option<u64>, end: bool, out: &mut Vec<u8>) -> bool {
+    pub fn respond(
+        &mut self,
+        id: u32,
+        mut head: response::Parts,
+        body_len: Option<u64>,
+        end: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let Some(s) = self.streams.get_mut(&id) else {
             return false;
         };
@@ -781,7 +859,8 @@ impl<B> Conn<B> {
                 || head.status == StatusCode::NO_CONTENT
                 || head.status == StatusCode::NOT_MODIFIED;
             if !bodiless && !head.headers.contains_key(header::CONTENT_LENGTH) {
-                head.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                head.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
         }
         s.local = if end {
@@ -794,7 +873,8 @@ impl<B> Conn<B> {
             }
         };
         self.scratch.clear();
-        self.encoder.encode(Some(head.status), &head.headers, &mut self.scratch);
+        self.encoder
+            .encode(Some(head.status), &head.headers, &mut self.scratch);
         frame::put_header_block(out, id, &self.scratch, end, self.peer_max_frame);
         if end {
             self.close_if_done(id, out);
@@ -950,11 +1030,17 @@ fn unpad(head: &Head, mut payload: Bytes) -> Result<Bytes, Http2Error> {
         return Ok(payload);
     }
     let Some(&pad) = payload.first() else {
-        return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "padded_frame_empty"));
+        return Err(Http2Error::protocol(
+            Reason::FRAME_SIZE_ERROR,
+            "padded_frame_empty",
+        ));
     };
     let pad = pad as usize;
     if pad >= payload.len() {
-        return Err(Http2Error::protocol(Reason::PROTOCOL_ERROR, "padding_too_long"));
+        return Err(Http2Error::protocol(
+            Reason::PROTOCOL_ERROR,
+            "padding_too_long",
+        ));
     }
     let _ = payload.split_to(1);
     payload.truncate(payload.len() - pad);

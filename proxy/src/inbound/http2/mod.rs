@@ -184,7 +184,10 @@ where
             };
             let head = Head::parse(raw);
             if head.len > frame::MIN_MAX_FRAME_SIZE as usize {
-                return Err(Http2Error::protocol(Reason::FRAME_SIZE_ERROR, "frame_too_large"));
+                return Err(Http2Error::protocol(
+                    Reason::FRAME_SIZE_ERROR,
+                    "frame_too_large",
+                ));
             }
             if self.rbuf.len() < HEAD_LEN + head.len {
                 // The rest of the frame is still to come; make room for it at once.
@@ -229,7 +232,9 @@ where
 
     fn body_frame(&mut self, id: u32, frame: Option<Result<Frame<Bytes>, B::Error>>, body: B) {
         match frame {
-            None => self.conn.send_data(id, Bytes::new(), true, body, &mut self.out),
+            None => self
+                .conn
+                .send_data(id, Bytes::new(), true, body, &mut self.out),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     let end = body.is_end_stream();
@@ -264,7 +269,9 @@ where
         let mut wrote = false;
         while self.sent < self.out.len() {
             match Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
                 Poll::Ready(Ok(n)) => {
                     self.sent += n;
                     wrote = true;

@@ -268,24 +268,37 @@ mod tests {
             build(&v).unwrap_err().reason()
         };
         assert_eq!(with(&[("X-Up", "1")]), "invalid_header_name");
-        assert_eq!(with(&[("connection", "close")]), "connection_specific_header");
+        assert_eq!(
+            with(&[("connection", "close")]),
+            "connection_specific_header"
+        );
         assert_eq!(with(&[("te", "gzip")]), "te_other_than_trailers");
-        assert_eq!(with(&[("x-a", " v")]), "header_value_surrounded_by_whitespace");
-        assert_eq!(with(&[("x-a", "v"), (":path", "/")]), "pseudo_header_after_regular_field");
-        assert_eq!(with(&[(":status", "200")]), "pseudo_header_not_allowed_in_request");
+        assert_eq!(
+            with(&[("x-a", " v")]),
+            "header_value_surrounded_by_whitespace"
+        );
+        assert_eq!(
+            with(&[("x-a", "v"), (":path", "/")]),
+            "pseudo_header_after_regular_field"
+        );
+        assert_eq!(
+            with(&[(":status", "200")]),
+            "pseudo_header_not_allowed_in_request"
+        );
         assert_eq!(with(&[(":method", "GET")]), "repeated_pseudo_header");
         assert_eq!(
             with(&[("content-length", "1"), ("content-length", "2")]),
             "invalid_content_length"
         );
+        assert_eq!(build(&BASE[..3]).unwrap_err().reason(), "missing_path");
         assert_eq!(
-            build(&BASE[..3]).unwrap_err().reason(),
-            "missing_path"
-        );
-        assert_eq!(
-            build(&[(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")])
-                .unwrap_err()
-                .reason(),
+            build(&[
+                (":method", "CONNECT"),
+                (":authority", "a:1"),
+                (":path", "/")
+            ])
+            .unwrap_err()
+            .reason(),
             "malformed_connect"
         );
         let mut big = HeadBuilder::request(100);
