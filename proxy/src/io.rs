@@ -1,6 +1,6 @@
 //! I/O wrappers: [`Metered`] counts bytes each way, for a caller's connection
 //! ([`CountingIo`]: Prometheus counters and the connection's [`Activity`] for its watchdog) or
-//! a connection to an endpoint ([`MeteredTcp`]); [`WriteBatch`] gathers writes until a flush;
+//! a connection to an endpoint ([`MeteredTcp`]);
 //! [`Rewind`] gives back bytes read ahead.
 
 use std::{

@@ -86,7 +86,9 @@ impl HttpServers {
     {
         let shutdown = Arc::new(http1::Shutdown::default());
         let served = match version {
-            HttpVersion::Http2 => return Serving::H2(http2::Served::new(io, self.h2, handler)),
+            HttpVersion::Http2 => {
+                return Serving::H2(Box::new(http2::Served::new(io, self.h2, handler)))
+            }
             HttpVersion::Http1 => Box::pin(
                 http1::serve(io, BytesMut::new(), self.h1, handler, shutdown.clone())
                     .map(|r| r.map_err(|e| e.to_string())),
@@ -162,7 +164,9 @@ where
     F: Fn(Request<CallerBody>) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    H2(http2::Served<IO, F, Fut, Body>),
+    /// Boxed: the connection's state is large, and an HTTP/1 connection's future should
+    /// not be sized for it.
+    H2(Box<http2::Served<IO, F, Fut, Body>>),
     /// HTTP/1, or not yet known: graceful shutdown goes through `shutdown`.
     Boxed {
         served: ServingFuture,
@@ -180,7 +184,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
-            Serving::H2(s) => Pin::new(s).poll(cx).map_err(|e| e.to_string()),
+            Serving::H2(s) => Pin::new(&mut **s).poll(cx).map_err(|e| e.to_string()),
             Serving::Boxed { served, .. } => served.as_mut().poll(cx),
         }
     }

@@ -164,6 +164,9 @@ pub struct Conn<B> {
     local_resets: Budget,
     released: Arc<Released>,
     scratch: Vec<u8>,
+    /// The last request's `:authority` (parsed) and number of fields, see [`HeadBuilder`].
+    last_authority: Option<(Bytes, http::uri::Authority)>,
+    last_fields: usize,
     /// Bodies whose pending data went: the server polls them for their next frame.
     pub resumed: Vec<(u32, B)>,
 }
@@ -216,6 +219,8 @@ impl<B> Conn<B> {
             local_resets: Budget::new(LOCAL_RESETS),
             released,
             scratch: Vec::new(),
+            last_authority: None,
+            last_fields: 0,
             resumed: Vec::new(),
         }
     }
@@ -420,9 +425,9 @@ impl<B> Conn<B> {
             self.close_if_done(id, out);
             return Ok(());
         }
-        let mut b = HeadBuilder::request(self.settings.max_header_list_size);
+        let mut b = HeadBuilder::request(self.settings.max_header_list_size, self.last_fields);
         self.decoder.decode(&block, |f| b.field(f))?;
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             return Err(Http2Error::protocol(
                 Reason::PROTOCOL_ERROR,
                 "even_stream_id",
@@ -443,10 +448,11 @@ impl<B> Conn<B> {
             frame::put_rst_stream(out, id, Reason::REFUSED_STREAM);
             return Ok(());
         }
-        let (head, content_length) = match b.finish_request() {
+        let (head, content_length) = match b.finish_request(&mut self.last_authority) {
             Ok(h) => h,
             Err(r) => return self.refuse(id, r, end_stream, out),
         };
+        self.last_fields = head.headers.len();
         if end_stream && content_length.is_some_and(|cl| cl != 0) {
             return self.refuse(id, Refusal::Malformed("invalid_content_length"), true, out);
         }
@@ -668,7 +674,7 @@ impl<B> Conn<B> {
             }
             return self.noop();
         }
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(Http2Error::protocol(
                 Reason::FRAME_SIZE_ERROR,
                 "settings_size",

@@ -47,21 +47,23 @@ pub struct HeadBuilder {
 }
 
 impl HeadBuilder {
-    pub fn request(limit: usize) -> HeadBuilder {
-        HeadBuilder::new(limit, false)
+    /// `fields`: how many regular fields to make room for (a caller's requests look alike:
+    /// its last request's count saves the map growing field by field).
+    pub fn request(limit: usize, fields: usize) -> HeadBuilder {
+        HeadBuilder::new(limit, false, fields)
     }
 
     pub fn trailers(limit: usize) -> HeadBuilder {
-        HeadBuilder::new(limit, true)
+        HeadBuilder::new(limit, true, 0)
     }
 
-    fn new(limit: usize, trailers: bool) -> HeadBuilder {
+    fn new(limit: usize, trailers: bool, fields: usize) -> HeadBuilder {
         HeadBuilder {
             method: None,
             scheme: None,
             authority: None,
             path: None,
-            headers: HeaderMap::new(),
+            headers: HeaderMap::with_capacity(fields),
             size: 0,
             limit,
             trailers,
@@ -143,8 +145,13 @@ impl HeadBuilder {
         }
     }
 
-    /// The request head, and the declared body length if any.
-    pub fn finish_request(self) -> Result<(Parts, Option<u64>), Refusal> {
+    /// The request head, and the declared body length if any. `last_authority` is the
+    /// connection's last `:authority`, parsed: a caller names the same one request after
+    /// request, and the same bytes need no parsing again.
+    pub fn finish_request(
+        self,
+        last_authority: &mut Option<(Bytes, Authority)>,
+    ) -> Result<(Parts, Option<u64>), Refusal> {
         if let Some(r) = self.refusal {
             return Err(r);
         }
@@ -156,10 +163,16 @@ impl HeadBuilder {
             })?;
         let mut uri = http::uri::Parts::default();
         uri.authority = match self.authority {
-            Some(a) => Some(
-                Authority::from_maybe_shared(a)
-                    .map_err(|_| Refusal::Malformed("invalid_authority"))?,
-            ),
+            Some(a) => match last_authority {
+                Some((raw, parsed)) if *raw == a => Some(parsed.clone()),
+                _ => {
+                    let parsed = Authority::from_maybe_shared(a.clone())
+                        .map_err(|_| Refusal::Malformed("invalid_authority"))?;
+                    // Kept as its own copy: `a` may be a slice of a whole read.
+                    *last_authority = Some((Bytes::copy_from_slice(&a), parsed.clone()));
+                    Some(parsed)
+                }
+            },
             None => None,
         };
         if method == Method::CONNECT {
@@ -233,11 +246,11 @@ mod tests {
     }
 
     fn build(fields: &[(&str, &str)]) -> Result<(Parts, Option<u64>), Refusal> {
-        let mut b = HeadBuilder::request(1024);
+        let mut b = HeadBuilder::request(1024, 0);
         for (n, v) in fields {
             b.field(field(n, v));
         }
-        b.finish_request()
+        b.finish_request(&mut None)
     }
 
     const BASE: [(&str, &str); 4] = [
@@ -301,11 +314,14 @@ mod tests {
             .reason(),
             "malformed_connect"
         );
-        let mut big = HeadBuilder::request(100);
+        let mut big = HeadBuilder::request(100, 0);
         for (n, v) in BASE {
             big.field(field(n, v));
         }
         big.field(field("x-long", &"a".repeat(100)));
-        assert_eq!(big.finish_request().unwrap_err(), Refusal::TooLarge);
+        assert_eq!(
+            big.finish_request(&mut None).unwrap_err(),
+            Refusal::TooLarge
+        );
     }
 }
