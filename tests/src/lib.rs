@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 
 pub use control_plane as control;
 pub mod browser;
+pub mod h2raw;
 pub mod load;
 pub mod mesh;
 pub mod viz;

@@ -4,27 +4,24 @@
 
 use std::time::Duration;
 
-use e2e::*;
+use e2e::{h2raw::frame, *};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+/// HPACK: a literal field without indexing, new name, no Huffman.
+fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+    e2e::h2raw::literal(block, name.as_bytes(), value.as_bytes());
 }
 
-/// HPACK: a literal without indexing, new name, no Huffman.
-fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
-    assert!(name.len() < 127 && value.len() < 127);
-    block.push(0x00);
-    block.push(name.len() as u8);
-    block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
-    block.extend_from_slice(value.as_bytes());
+/// A GET of `/` on web-svc.
+fn get_block() -> Vec<u8> {
+    let mut b = Vec::new();
+    literal(&mut b, ":method", "GET");
+    literal(&mut b, ":scheme", "https");
+    literal(&mut b, ":path", "/");
+    literal(&mut b, ":authority", &format!("{WEB_SVC}:80"));
+    b
 }
 
 fn web_route(backend: std::net::SocketAddr) -> String {
@@ -133,11 +130,7 @@ async fn exchange(fx: &Fixture, gw: &Gateway, bytes: &[u8], until: impl Fn(&Seen
 
 /// A plain GET is still served: nothing above broke the gateway.
 async fn still_serves(fx: &Fixture, gw: &Gateway) {
-    let mut b = Vec::new();
-    literal(&mut b, ":method", "GET");
-    literal(&mut b, ":scheme", "https");
-    literal(&mut b, ":path", "/");
-    literal(&mut b, ":authority", &format!("{WEB_SVC}:80"));
+    let b = get_block();
     let seen = exchange(
         fx,
         gw,
@@ -243,11 +236,7 @@ async fn floods_are_cut_with_enhance_your_calm() {
         empty_data.extend(frame(0, 0, 1, &[]));
     }
     // Rapid reset: streams opened and reset at once, far more than ever get answered.
-    let mut get = Vec::new();
-    literal(&mut get, ":method", "GET");
-    literal(&mut get, ":scheme", "https");
-    literal(&mut get, ":path", "/");
-    literal(&mut get, ":authority", &format!("{WEB_SVC}:80"));
+    let get = get_block();
     let mut resets = Vec::new();
     for i in 0..3000u32 {
         let id = 2 * i + 1;
@@ -296,11 +285,7 @@ async fn stream_refusals_touch_only_their_stream() {
             config.to_str().unwrap(),
         ],
     );
-    let mut get = Vec::new();
-    literal(&mut get, ":method", "GET");
-    literal(&mut get, ":scheme", "https");
-    literal(&mut get, ":path", "/");
-    literal(&mut get, ":authority", &format!("{WEB_SVC}:80"));
+    let get = get_block();
 
     // Over the header list size: 431 with the reason, and the next stream is served.
     let mut big = get.clone();
