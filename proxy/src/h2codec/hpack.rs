@@ -371,10 +371,27 @@ fn static_name_index(name: &HeaderName) -> Option<usize> {
         .map(|i| i + 15)
 }
 
+/// A field's name as the encoder keeps it: a request pseudo-header (by its static index) or
+/// a regular field.
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    Pseudo(usize),
+    Header(HeaderName),
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Pseudo(i) => STATIC[i - 1].0.as_bytes(),
+            Key::Header(h) => h.as_str().as_bytes(),
+        }
+    }
+}
+
 /// A field the encoder wrote at some position of its last block.
 struct Written {
-    name: HeaderName,
-    value: HeaderValue,
+    key: Key,
+    value: Bytes,
     /// The entry's insertion number in the dynamic table, if it was added.
     entry: Option<u64>,
     /// The name's static index (0: none), so a changed value needs no lookup.
@@ -391,7 +408,7 @@ pub struct Encoder {
     inserted: u64,
     /// A table size change the peer's settings asked for, announced at the next block.
     pending_size: Option<usize>,
-    /// The last block's regular fields, by position.
+    /// The last block's fields (pseudo-headers of requests included), by position.
     last: Vec<Written>,
 }
 
@@ -408,13 +425,19 @@ impl Default for Encoder {
     }
 }
 
-/// Fields never put in the table: values that differ per response or are secrets.
-fn never_index(name: &HeaderName, value: &HeaderValue) -> bool {
-    value.is_sensitive() || name == header::SET_COOKIE || name == header::AUTHORIZATION
+/// Fields never put in the table: secrets.
+fn never_index(key: &Key, sensitive: bool) -> bool {
+    sensitive
+        || matches!(key, Key::Header(n) if n == header::SET_COOKIE || n == header::AUTHORIZATION || n == header::COOKIE || n == header::PROXY_AUTHORIZATION)
 }
 
 /// Longest field the encoder adds to the table: larger ones would evict everything.
 const MAX_INDEXED_FIELD: usize = 512;
+
+/// The static indexes of the request pseudo-headers.
+const AUTHORITY: usize = 1;
+const METHOD: usize = 2;
+const PATH: usize = 4;
 
 impl Encoder {
     /// The peer's SETTINGS_HEADER_TABLE_SIZE: the encoder shrinks (or may grow) its table
@@ -429,11 +452,15 @@ impl Encoder {
         }
     }
 
-    /// Encodes a response head (`status` given) or trailers (`status` None) into `out`.
-    pub fn encode(&mut self, status: Option<StatusCode>, headers: &HeaderMap, out: &mut Vec<u8>) {
+    fn start(&mut self, out: &mut Vec<u8>) {
         if let Some(size) = self.pending_size.take() {
             put_integer(out, 0x20, 5, size);
         }
+    }
+
+    /// Encodes a response head (`status` given) or trailers (`status` None) into `out`.
+    pub fn encode(&mut self, status: Option<StatusCode>, headers: &HeaderMap, out: &mut Vec<u8>) {
+        self.start(out);
         if let Some(status) = status {
             match status.as_u16() {
                 200 => out.push(0x88),
@@ -450,51 +477,117 @@ impl Encoder {
                 }
             }
         }
+        let position = self.headers(0, headers, out);
+        self.last.truncate(position);
+    }
+
+    /// Encodes a request head: the pseudo-headers, then `headers`.
+    pub fn encode_request(
+        &mut self,
+        method: &http::Method,
+        scheme: &str,
+        authority: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        out: &mut Vec<u8>,
+    ) {
+        self.start(out);
         let mut position = 0;
+        match method.as_str() {
+            "GET" => out.push(0x82),
+            "POST" => out.push(0x83),
+            m => {
+                self.field(
+                    position,
+                    Key::Pseudo(METHOD),
+                    METHOD,
+                    m.as_bytes(),
+                    false,
+                    out,
+                );
+                position += 1;
+            }
+        }
+        match scheme {
+            "https" => out.push(0x87),
+            "http" => out.push(0x86),
+            // Literal without indexing, the name :scheme (index 6).
+            other => {
+                out.push(0x06);
+                put_string(out, other.as_bytes());
+            }
+        }
+        if let Some(a) = authority {
+            self.field(
+                position,
+                Key::Pseudo(AUTHORITY),
+                AUTHORITY,
+                a.as_bytes(),
+                false,
+                out,
+            );
+            position += 1;
+        }
+        if path == "/" {
+            out.push(0x84);
+        } else {
+            self.field(
+                position,
+                Key::Pseudo(PATH),
+                PATH,
+                path.as_bytes(),
+                false,
+                out,
+            );
+            position += 1;
+        }
+        let position = self.headers(position, headers, out);
+        self.last.truncate(position);
+    }
+
+    /// The regular fields from `position` on; the position after them.
+    fn headers(&mut self, mut position: usize, headers: &HeaderMap, out: &mut Vec<u8>) -> usize {
         for (name, value) in headers {
             if is_connection_specific(name) {
                 continue;
             }
-            self.field(position, name, value, out);
+            let static_name = match self.last.get(position) {
+                Some(w) if matches!(&w.key, Key::Header(n) if n == name) => w.static_name,
+                _ => static_name_index(name).unwrap_or(0),
+            };
+            self.field(
+                position,
+                Key::Header(name.clone()),
+                static_name,
+                value.as_bytes(),
+                value.is_sensitive(),
+                out,
+            );
             position += 1;
         }
-        self.last.truncate(position);
+        position
     }
 
     fn field(
         &mut self,
         position: usize,
-        name: &HeaderName,
-        value: &HeaderValue,
+        key: Key,
+        static_name: usize,
+        value: &[u8],
+        sensitive: bool,
         out: &mut Vec<u8>,
     ) {
         if let Some(w) = self.last.get(position) {
-            if w.name == name {
-                if w.value.as_bytes() == value.as_bytes() {
-                    if let Some(index) = w.entry.and_then(|e| self.index_of(e)) {
-                        put_integer(out, 0x80, 7, index);
-                        return;
-                    }
+            if w.key == key && &w.value[..] == value {
+                if let Some(index) = w.entry.and_then(|e| self.index_of(e)) {
+                    put_integer(out, 0x80, 7, index);
+                    return;
                 }
-                let static_name = w.static_name;
-                self.literal(position, name, value, static_name, out);
-                return;
             }
         }
-        let static_name = static_name_index(name).unwrap_or(0);
-        self.literal(position, name, value, static_name, out);
-    }
-
-    fn literal(
-        &mut self,
-        position: usize,
-        name: &HeaderName,
-        value: &HeaderValue,
-        static_name: usize,
-        out: &mut Vec<u8>,
-    ) {
-        let size = name.as_str().len() + value.len() + ENTRY_OVERHEAD;
-        let entry = if never_index(name, value) {
+        let name = key.as_bytes();
+        let size = name.len() + value.len() + ENTRY_OVERHEAD;
+        let entry = if never_index(&key, sensitive) {
             put_integer(out, 0x10, 4, static_name);
             None
         } else if size <= MAX_INDEXED_FIELD && size <= self.max_size {
@@ -505,12 +598,12 @@ impl Encoder {
             None
         };
         if static_name == 0 {
-            put_string(out, name.as_str().as_bytes());
+            put_string(out, name);
         }
-        put_string(out, value.as_bytes());
+        put_string(out, value);
         let written = Written {
-            name: name.clone(),
-            value: value.clone(),
+            key,
+            value: Bytes::copy_from_slice(value),
             entry,
             static_name,
         };

@@ -1,10 +1,12 @@
-//! The HTTP/2 wire format the gateway's own HTTP/2 server speaks: frames and HPACK header
-//! compression (RFC 9113, RFC 7541). No I/O and no stream state here: the server in
-//! `inbound/http2/` holds those.
+//! The HTTP/2 wire format the gateway's own HTTP/2 server and client speak: frames and HPACK
+//! header compression (RFC 9113, RFC 7541), and a stream's received body, which both hand to
+//! its reader. No I/O and no connection state here: `inbound/http2/` and `upstream/http2/`
+//! hold those.
 
 pub mod frame;
 pub mod hpack;
 pub mod huffman;
+pub mod recv_body;
 
 /// Why a header block could not be decoded. Each is a connection error
 /// (COMPRESSION_ERROR): the compression context is lost with it.

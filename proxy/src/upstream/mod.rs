@@ -51,7 +51,6 @@ struct Shared {
     cfg: UpstreamConfig,
     dialer: Dialer,
     http1: hyper::client::conn::http1::Builder,
-    http2: h2::client::Builder,
     /// Every endpoint pool that has held a connection, for the sweeper.
     pools: Mutex<Vec<Weak<EndpointPool>>>,
 }
@@ -135,7 +134,6 @@ impl Upstreams {
                 tls,
             },
             http1: http1_builder(),
-            http2: http2::builder(),
             pools: Mutex::new(Vec::new()),
         });
         if tokio::runtime::Handle::try_current().is_ok() {

@@ -14,7 +14,6 @@ use http::{header, response, HeaderMap, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
 use super::{
-    body::{Http2BodyError, Inflow, Released, RequestBody},
     request::{HeadBuilder, Refusal},
     Http2Error,
 };
@@ -22,6 +21,7 @@ use crate::{
     h2codec::{
         frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
         hpack,
+        recv_body::{Http2BodyError, Inflow, RecvBody as RequestBody, Released},
     },
     headers::L5D_PROXY_ERROR,
     metrics,

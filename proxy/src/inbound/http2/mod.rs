@@ -12,7 +12,6 @@
 //! `request.rs` holds a head to RFC 9113 §8, `body.rs` is the request body, and the wire
 //! format (frames, HPACK) is in `crate::h2codec`.
 
-mod body;
 mod conn;
 mod request;
 
@@ -33,12 +32,10 @@ use http::{Request, Response};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use self::body::{Http2BodyError, RequestBody};
 pub use self::conn::Settings;
-use self::{
-    body::Released,
-    conn::{Conn, NewRequest, OUT_HIGH},
-};
+use self::conn::{Conn, NewRequest, OUT_HIGH};
+use crate::h2codec::recv_body::Released;
+pub use crate::h2codec::recv_body::{Http2BodyError, RecvBody as RequestBody};
 use crate::{
     body::CallerBody,
     h2codec::{

@@ -543,7 +543,7 @@ enum Inner {
     /// Upgrades: hyper's body.
     Hyper(Incoming),
     Http1(Http1Body),
-    Http2(crate::body::H2Body),
+    Http2(crate::h2codec::recv_body::RecvBody),
 }
 
 /// Why a response body from an upstream stopped short.
@@ -554,7 +554,7 @@ pub enum UpstreamBodyError {
     #[error(transparent)]
     Http1(#[from] Http1BodyError),
     #[error(transparent)]
-    Http2(#[from] h2::Error),
+    Http2(#[from] crate::h2codec::recv_body::Http2BodyError),
 }
 
 /// A response body from an upstream: read from a pooled HTTP/1.1 connection (which it
@@ -581,7 +581,7 @@ impl UpstreamBody {
         Self::new(Inner::Hyper(inner))
     }
 
-    pub(crate) fn http2(inner: crate::body::H2Body) -> Self {
+    pub(crate) fn http2(inner: crate::h2codec::recv_body::RecvBody) -> Self {
         Self::new(Inner::Http2(inner))
     }
 

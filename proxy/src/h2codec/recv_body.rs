@@ -1,7 +1,7 @@
-//! A caller's HTTP/2 request body: what the connection received on the stream, handed to
-//! whoever reads the body (the handler, or a task piping it upstream). Each chunk read
-//! returns its bytes to the caller's flow-control windows, so a body nobody reads holds at
-//! most one stream window (and all of them one connection window) in memory.
+//! What a peer sent on one HTTP/2 stream, handed from the connection to whoever reads the
+//! body: a caller's request body (the server), an endpoint's response body (the client).
+//! Each chunk read returns its bytes to the peer's flow-control windows, so a body nobody
+//! reads holds at most one stream window (and all of them one connection window) in memory.
 
 use std::{
     collections::VecDeque,
@@ -13,21 +13,21 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
-use crate::h2codec::frame::Reason;
+use super::frame::Reason;
 
-/// Why a request body stopped short.
+/// Why a received body stopped short.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum Http2BodyError {
-    #[error("the caller reset the stream ({0})")]
+    #[error("the peer reset the stream ({0})")]
     Reset(Reason),
-    #[error("request body does not match its content-length")]
+    #[error("body does not match its content-length")]
     ContentLength,
-    #[error("the connection closed before the request body ended")]
+    #[error("the connection closed before the body ended")]
     ConnectionClosed,
 }
 
 /// What a stream's incoming data and its reader share.
-pub(super) struct Inflow {
+pub struct Inflow {
     state: Mutex<InflowState>,
     released: Arc<Released>,
     id: u32,
@@ -48,7 +48,7 @@ struct InflowState {
 /// Bytes readers have taken, to be given back to the caller as WINDOW_UPDATEs; kept by the
 /// connection, which the readers wake.
 #[derive(Default)]
-pub(super) struct Released {
+pub struct Released {
     inner: Mutex<ReleasedInner>,
 }
 
@@ -76,7 +76,7 @@ impl Released {
 
     /// Takes what readers released since the last call, and registers the connection for
     /// the next release.
-    pub(super) fn take(&self, cx: &mut Context<'_>, into: &mut Vec<(u32, usize, bool)>) {
+    pub fn take(&self, cx: &mut Context<'_>, into: &mut Vec<(u32, usize, bool)>) {
         let mut inner = lock(&self.inner);
         into.append(&mut inner.events);
         match &inner.waker {
@@ -87,7 +87,7 @@ impl Released {
 }
 
 impl Inflow {
-    pub(super) fn new(id: u32, released: Arc<Released>) -> Arc<Inflow> {
+    pub fn new(id: u32, released: Arc<Released>) -> Arc<Inflow> {
         Arc::new(Inflow {
             state: Mutex::new(InflowState::default()),
             released,
@@ -97,7 +97,7 @@ impl Inflow {
 
     /// Data received on the stream. False when the reader is gone (the caller then gets
     /// the bytes back at once).
-    pub(super) fn push(&self, data: Bytes, end: bool) -> bool {
+    pub fn push(&self, data: Bytes, end: bool) -> bool {
         let mut s = lock(&self.state);
         if s.dropped {
             return false;
@@ -112,7 +112,7 @@ impl Inflow {
         true
     }
 
-    pub(super) fn trailers(&self, trailers: HeaderMap) {
+    pub fn trailers(&self, trailers: HeaderMap) {
         let mut s = lock(&self.state);
         s.trailers = Some(trailers);
         s.end = true;
@@ -121,7 +121,7 @@ impl Inflow {
         }
     }
 
-    pub(super) fn fail(&self, e: Http2BodyError) {
+    pub fn fail(&self, e: Http2BodyError) {
         let mut s = lock(&self.state);
         // A body that had ended is whole, whatever happens to the stream after.
         if !s.end {
@@ -133,24 +133,24 @@ impl Inflow {
     }
 }
 
-/// The request body the handler gets.
-pub struct RequestBody {
+/// The body a stream's reader gets.
+pub struct RecvBody {
     inflow: Option<Arc<Inflow>>,
     /// The declared content-length still to come (the connection holds the stream to it).
     left: Option<u64>,
 }
 
-impl RequestBody {
-    /// A request that ended with its headers.
-    pub(super) fn empty() -> RequestBody {
-        RequestBody {
+impl RecvBody {
+    /// A stream that ended with its headers.
+    pub fn empty() -> RecvBody {
+        RecvBody {
             inflow: None,
             left: Some(0),
         }
     }
 
-    pub(super) fn streamed(inflow: Arc<Inflow>, content_length: Option<u64>) -> RequestBody {
-        RequestBody {
+    pub fn streamed(inflow: Arc<Inflow>, content_length: Option<u64>) -> RecvBody {
+        RecvBody {
             inflow: Some(inflow),
             left: content_length,
         }
@@ -204,7 +204,7 @@ impl RequestBody {
     }
 }
 
-impl Drop for RequestBody {
+impl Drop for RecvBody {
     fn drop(&mut self) {
         if let Some(inflow) = self.inflow.take() {
             let mut s = lock(&inflow.state);

@@ -1,0 +1,847 @@
+//! One HTTP/2 connection to an endpoint as protocol state, without I/O: the callers' tasks
+//! open streams and send on them through it, the connection's task feeds it the endpoint's
+//! frames and writes what it queued.
+//!
+//! The rules are the server's (`inbound/http2/conn.rs`) seen from the other side: stream ids
+//! the gateway picks, the endpoint's SETTINGS_MAX_CONCURRENT_STREAMS honoured, flow control
+//! both ways, header blocks over CONTINUATION, GOAWAY (streams above its last id were never
+//! taken and may go elsewhere), push refused.
+
+use std::{collections::HashMap, sync::Arc, task::Waker};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Response, StatusCode, Version};
+
+use crate::h2codec::{
+    frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
+    hpack::{self, is_connection_specific, Name, Pseudo},
+    recv_body::{Http2BodyError, Inflow, RecvBody, Released},
+};
+
+/// Fixed flow-control windows toward the endpoint, as the caller side's: what an endpoint may
+/// send ahead of a caller that reads slowly is bounded by 1 MiB per stream, 4 MiB per
+/// connection.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Response header lists taken from an endpoint, as the HTTP/1.1 client's head limit.
+pub const MAX_HEADER_LIST: usize = 64 * 1024;
+/// Queued output beyond which request bodies wait for the connection's task to write.
+pub const OUT_HIGH: usize = 64 * 1024;
+/// Streams opened before the endpoint's SETTINGS say how many it takes (RFC 9113 §6.5.2
+/// recommends at least 100).
+const INITIAL_MAX_STREAMS: usize = 100;
+
+/// A connection error: the connection ends with GOAWAY and this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub code: Reason,
+    pub what: &'static str,
+}
+
+fn fault(code: Reason, what: &'static str) -> Fault {
+    Fault { code, what }
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFailure {
+    /// The endpoint never took the stream (GOAWAY below its id, REFUSED_STREAM, or the
+    /// connection already closing): the request may go to another endpoint.
+    Unsent,
+    /// The stream failed after the endpoint took it.
+    Failed(&'static str),
+}
+
+enum Slot {
+    Waiting(Option<Waker>),
+    Ready(Result<Response<RecvBody>, StreamFailure>),
+    Taken,
+}
+
+struct Stream {
+    response: Slot,
+    inflow: Option<Arc<Inflow>>,
+    recv_window: i64,
+    recv_unacked: usize,
+    send_window: i64,
+    /// The request body's sender, waiting for window or for the output to drain.
+    send_waker: Option<Waker>,
+    local_done: bool,
+    remote_done: bool,
+    head_request: bool,
+    content_length: Option<u64>,
+    received: u64,
+}
+
+struct PartialBlock {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+    frames: u32,
+}
+
+pub struct ClientConn {
+    encoder: hpack::Encoder,
+    decoder: hpack::Decoder,
+    streams: HashMap<u32, Stream>,
+    next_id: u32,
+    peer_max_streams: usize,
+    peer_stream_window: i64,
+    peer_max_frame: usize,
+    send_window: i64,
+    recv_window: i64,
+    recv_unacked: usize,
+    partial: Option<PartialBlock>,
+    /// The endpoint's GOAWAY, or the gateway's decision to stop: no new stream.
+    closing: bool,
+    /// The connection is over (the reason, for the log).
+    pub failed: Option<&'static str>,
+    /// Frames for the connection's task to write.
+    pub out: Vec<u8>,
+    /// The connection's task, woken when `out` has something or the state changed.
+    driver: Option<Waker>,
+    /// Callers waiting for a stream under the endpoint's limit.
+    waiting: Vec<Waker>,
+    /// Request bodies waiting for the output to drain.
+    out_waiting: Vec<Waker>,
+    pub released: Arc<Released>,
+    /// A keep-alive PING is out; its payload.
+    ping: Option<[u8; 8]>,
+    pub pong: bool,
+    scratch: Vec<u8>,
+}
+
+impl ClientConn {
+    /// A connection, with the client preface, SETTINGS and connection window queued.
+    pub fn new() -> ClientConn {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame::put_settings(
+            &mut out,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+            ],
+        );
+        frame::put_window_update(&mut out, 0, CONNECTION_WINDOW - DEFAULT_WINDOW as u32);
+        ClientConn {
+            encoder: hpack::Encoder::default(),
+            decoder: hpack::Decoder::default(),
+            streams: HashMap::new(),
+            next_id: 1,
+            peer_max_streams: INITIAL_MAX_STREAMS,
+            peer_stream_window: DEFAULT_WINDOW,
+            peer_max_frame: frame::MIN_MAX_FRAME_SIZE as usize,
+            send_window: DEFAULT_WINDOW,
+            recv_window: CONNECTION_WINDOW as i64,
+            recv_unacked: 0,
+            partial: None,
+            closing: false,
+            failed: None,
+            out,
+            driver: None,
+            waiting: Vec::new(),
+            out_waiting: Vec::new(),
+            released: Arc::new(Released::default()),
+            ping: None,
+            pong: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn set_driver(&mut self, waker: &Waker) {
+        match &self.driver {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.driver = Some(waker.clone()),
+        }
+    }
+
+    fn wake_driver(&self) {
+        if let Some(w) = &self.driver {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Whether new requests may use this connection.
+    pub fn usable(&self) -> bool {
+        self.failed.is_none() && !self.closing
+    }
+
+    /// The connection's task may end: failed, or closing with no stream left.
+    pub fn finished(&self) -> bool {
+        self.failed.is_some() || (self.closing && self.streams.is_empty())
+    }
+
+    /// No new streams; the connection ends once the open ones are done.
+    pub fn close_when_idle(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            self.wake_driver();
+        }
+    }
+
+    /// Opens a stream for a request head. `Ok(None)`: the endpoint's stream limit is
+    /// reached; the caller is woken when a stream closes.
+    pub fn open(
+        &mut self,
+        parts: &http::request::Parts,
+        end_stream: bool,
+        waker: &Waker,
+    ) -> Result<Option<u32>, StreamFailure> {
+        if !self.usable() {
+            return Err(StreamFailure::Unsent);
+        }
+        if self.streams.len() >= self.peer_max_streams {
+            self.waiting.push(waker.clone());
+            return Ok(None);
+        }
+        let id = self.next_id;
+        if id > i32::MAX as u32 - 2 {
+            // Stream ids run out: this connection takes no more.
+            self.closing = true;
+            return Err(StreamFailure::Unsent);
+        }
+        self.next_id += 2;
+        let uri = &parts.uri;
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        self.scratch.clear();
+        self.encoder.encode_request(
+            &parts.method,
+            scheme,
+            uri.authority().map(|a| a.as_str()),
+            path,
+            &parts.headers,
+            &mut self.scratch,
+        );
+        frame::put_header_block(
+            &mut self.out,
+            id,
+            &self.scratch,
+            end_stream,
+            self.peer_max_frame,
+        );
+        self.streams.insert(
+            id,
+            Stream {
+                response: Slot::Waiting(None),
+                inflow: None,
+                recv_window: STREAM_WINDOW as i64,
+                recv_unacked: 0,
+                send_window: self.peer_stream_window,
+                send_waker: None,
+                local_done: end_stream,
+                remote_done: false,
+                head_request: parts.method == http::Method::HEAD,
+                content_length: None,
+                received: 0,
+            },
+        );
+        self.wake_driver();
+        Ok(Some(id))
+    }
+
+    /// The stream's response head, once it has come.
+    pub fn poll_response(
+        &mut self,
+        id: u32,
+        waker: &Waker,
+    ) -> Option<Result<Response<RecvBody>, StreamFailure>> {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Some(Err(StreamFailure::Failed("stream closed")));
+        };
+        match std::mem::replace(&mut s.response, Slot::Taken) {
+            Slot::Ready(r) => {
+                let done = s.local_done && s.remote_done;
+                if done {
+                    self.remove(id);
+                }
+                Some(r)
+            }
+            Slot::Waiting(_) => {
+                s.response = Slot::Waiting(Some(waker.clone()));
+                None
+            }
+            Slot::Taken => Some(Err(StreamFailure::Failed("response taken"))),
+        }
+    }
+
+    /// Sends request body data on `id` as far as the windows and the output allow. Ready
+    /// once all of `data` is queued (the stream ended with it if `end`); Err when the stream
+    /// is gone.
+    pub fn send_data(
+        &mut self,
+        id: u32,
+        data: &mut Bytes,
+        end: bool,
+        waker: &Waker,
+    ) -> std::task::Poll<Result<(), ()>> {
+        use std::task::Poll;
+        let max_frame = self.peer_max_frame;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(()));
+        };
+        if s.local_done || self.failed.is_some() {
+            return Poll::Ready(Err(()));
+        }
+        loop {
+            if data.is_empty() && !end {
+                self.wake_driver();
+                return Poll::Ready(Ok(()));
+            }
+            if data.is_empty() {
+                frame::put_head(&mut self.out, 0, kind::DATA, flag::END_STREAM, id);
+                s.local_done = true;
+                break;
+            }
+            if self.out.len() >= OUT_HIGH {
+                self.out_waiting.push(waker.clone());
+                self.wake_driver();
+                return Poll::Pending;
+            }
+            let room = s.send_window.min(self.send_window).min(max_frame as i64);
+            if room <= 0 {
+                s.send_waker = Some(waker.clone());
+                self.wake_driver();
+                return Poll::Pending;
+            }
+            let chunk = data.split_to((room as usize).min(data.len()));
+            let last = data.is_empty() && end;
+            let flags = if last { flag::END_STREAM } else { 0 };
+            frame::put_head(&mut self.out, chunk.len(), kind::DATA, flags, id);
+            self.out.extend_from_slice(&chunk);
+            s.send_window -= chunk.len() as i64;
+            self.send_window -= chunk.len() as i64;
+            if last {
+                s.local_done = true;
+                break;
+            }
+        }
+        self.wake_driver();
+        self.close_if_done(id);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the request with trailers.
+    pub fn send_trailers(&mut self, id: u32, trailers: &HeaderMap) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.local_done {
+            return;
+        }
+        s.local_done = true;
+        self.scratch.clear();
+        self.encoder.encode(None, trailers, &mut self.scratch);
+        frame::put_header_block(&mut self.out, id, &self.scratch, true, self.peer_max_frame);
+        self.wake_driver();
+        self.close_if_done(id);
+    }
+
+    /// The gateway gives up on a stream (the caller went, or the request body failed).
+    pub fn cancel(&mut self, id: u32) {
+        if let Some(s) = self.streams.get(&id) {
+            if !(s.local_done && s.remote_done) {
+                frame::put_rst_stream(&mut self.out, id, Reason::CANCEL);
+            }
+            self.remove(id);
+            self.wake_driver();
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(s) = self.streams.remove(&id) {
+            if let Some(inflow) = &s.inflow {
+                inflow.fail(Http2BodyError::Reset(Reason::CANCEL));
+            }
+            if let Slot::Waiting(Some(w)) = s.response {
+                w.wake();
+            }
+            if let Some(w) = s.send_waker {
+                w.wake();
+            }
+            for w in self.waiting.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    fn close_if_done(&mut self, id: u32) {
+        if let Some(s) = self.streams.get(&id) {
+            if s.local_done && s.remote_done && matches!(s.response, Slot::Taken) {
+                self.remove(id);
+            }
+        }
+    }
+
+    /// Sends a keep-alive PING.
+    pub fn ping(&mut self, payload: [u8; 8]) {
+        self.ping = Some(payload);
+        self.pong = false;
+        frame::put_head(&mut self.out, 8, kind::PING, 0, 0);
+        self.out.extend_from_slice(&payload);
+    }
+
+    /// Wakes request bodies waiting for the output to drain.
+    pub fn drained(&mut self) {
+        for w in self.out_waiting.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The connection ends: every stream learns why.
+    pub fn fail(&mut self, why: &'static str, goaway: Option<Reason>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.failed = Some(why);
+        if let Some(code) = goaway {
+            let last = self.next_id.saturating_sub(2);
+            frame::put_goaway(&mut self.out, last, code, why);
+        }
+        let ids: Vec<u32> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.fail_stream(
+                id,
+                StreamFailure::Failed(why),
+                Http2BodyError::ConnectionClosed,
+            );
+        }
+        for w in self.waiting.drain(..).chain(self.out_waiting.drain(..)) {
+            w.wake();
+        }
+    }
+
+    fn fail_stream(&mut self, id: u32, failure: StreamFailure, body: Http2BodyError) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if let Slot::Waiting(w) = &mut s.response {
+                if let Some(w) = w.take() {
+                    w.wake();
+                }
+                s.response = Slot::Ready(Err(failure));
+                // The caller takes the failure, then the stream goes.
+                s.local_done = true;
+                s.remote_done = true;
+                if let Some(w) = s.send_waker.take() {
+                    w.wake();
+                }
+                return;
+            }
+            if let Some(inflow) = &s.inflow {
+                inflow.fail(body);
+            }
+            self.remove(id);
+        }
+    }
+
+    /// Takes one frame from the endpoint.
+    pub fn recv(&mut self, head: Head, payload: Bytes) -> Result<(), Fault> {
+        if head.len > frame::MIN_MAX_FRAME_SIZE as usize {
+            return Err(fault(Reason::FRAME_SIZE_ERROR, "frame_too_large"));
+        }
+        if let Some(partial) = &mut self.partial {
+            if head.kind != kind::CONTINUATION || head.stream != partial.stream {
+                return Err(fault(Reason::PROTOCOL_ERROR, "header_block_interrupted"));
+            }
+            partial.frames += 1;
+            partial.block.extend_from_slice(&payload);
+            if partial.frames > 64 || partial.block.len() > 2 * MAX_HEADER_LIST {
+                return Err(fault(Reason::ENHANCE_YOUR_CALM, "header_block_too_large"));
+            }
+            if head.has(flag::END_HEADERS) {
+                let p = self.partial.take().expect("checked above");
+                return self.headers(p.stream, p.end_stream, Bytes::from(p.block));
+            }
+            return Ok(());
+        }
+        match head.kind {
+            kind::DATA => self.data(head, payload),
+            kind::HEADERS => {
+                let mut block = unpad(&head, payload)?;
+                if head.has(flag::PRIORITY) {
+                    if block.len() < 5 {
+                        return Err(fault(Reason::FRAME_SIZE_ERROR, "short_priority"));
+                    }
+                    let _ = block.split_to(5);
+                }
+                let end = head.has(flag::END_STREAM);
+                if head.has(flag::END_HEADERS) {
+                    return self.headers(head.stream, end, block);
+                }
+                self.partial = Some(PartialBlock {
+                    stream: head.stream,
+                    end_stream: end,
+                    block: block.to_vec(),
+                    frames: 0,
+                });
+                Ok(())
+            }
+            kind::RST_STREAM => {
+                let Ok(code) = <[u8; 4]>::try_from(&payload[..]) else {
+                    return Err(fault(Reason::FRAME_SIZE_ERROR, "rst_stream_size"));
+                };
+                let reason = Reason(u32::from_be_bytes(code));
+                let failure = if reason == Reason::REFUSED_STREAM {
+                    StreamFailure::Unsent
+                } else {
+                    StreamFailure::Failed("stream reset by the endpoint")
+                };
+                self.fail_stream(head.stream, failure, Http2BodyError::Reset(reason));
+                Ok(())
+            }
+            kind::SETTINGS => self.settings(head, &payload),
+            kind::PUSH_PROMISE => Err(fault(Reason::PROTOCOL_ERROR, "push_promise_refused")),
+            kind::PING => {
+                let Ok(data) = <[u8; 8]>::try_from(&payload[..]) else {
+                    return Err(fault(Reason::FRAME_SIZE_ERROR, "ping_size"));
+                };
+                if head.has(flag::ACK) {
+                    if self.ping == Some(data) {
+                        self.pong = true;
+                    }
+                } else {
+                    frame::put_ping_ack(&mut self.out, &data);
+                }
+                Ok(())
+            }
+            kind::GOAWAY => {
+                if payload.len() < 8 {
+                    return Err(fault(Reason::FRAME_SIZE_ERROR, "goaway_size"));
+                }
+                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                    & 0x7fff_ffff;
+                self.closing = true;
+                let above: Vec<u32> = self
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|&id| id > last)
+                    .collect();
+                for id in above {
+                    self.fail_stream(id, StreamFailure::Unsent, Http2BodyError::ConnectionClosed);
+                }
+                Ok(())
+            }
+            kind::WINDOW_UPDATE => {
+                let Ok(raw) = <[u8; 4]>::try_from(&payload[..]) else {
+                    return Err(fault(Reason::FRAME_SIZE_ERROR, "window_update_size"));
+                };
+                let inc = (u32::from_be_bytes(raw) & 0x7fff_ffff) as i64;
+                if head.stream == 0 {
+                    if inc == 0 {
+                        return Err(fault(Reason::PROTOCOL_ERROR, "zero_window_increment"));
+                    }
+                    self.send_window += inc;
+                    if self.send_window > MAX_WINDOW {
+                        return Err(fault(Reason::FLOW_CONTROL_ERROR, "window_overflow"));
+                    }
+                    for s in self.streams.values_mut() {
+                        if let Some(w) = s.send_waker.take() {
+                            w.wake();
+                        }
+                    }
+                } else if let Some(s) = self.streams.get_mut(&head.stream) {
+                    s.send_window += inc;
+                    if inc == 0 || s.send_window > MAX_WINDOW {
+                        frame::put_rst_stream(
+                            &mut self.out,
+                            head.stream,
+                            Reason::FLOW_CONTROL_ERROR,
+                        );
+                        self.fail_stream(
+                            head.stream,
+                            StreamFailure::Failed("endpoint broke flow control"),
+                            Http2BodyError::Reset(Reason::FLOW_CONTROL_ERROR),
+                        );
+                    } else if let Some(w) = s.send_waker.take() {
+                        w.wake();
+                    }
+                }
+                Ok(())
+            }
+            kind::CONTINUATION => Err(fault(
+                Reason::PROTOCOL_ERROR,
+                "continuation_without_headers",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn settings(&mut self, head: Head, payload: &[u8]) -> Result<(), Fault> {
+        if head.has(flag::ACK) {
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(fault(Reason::FRAME_SIZE_ERROR, "settings_size"));
+        }
+        for p in payload.chunks_exact(6) {
+            let id = u16::from_be_bytes([p[0], p[1]]);
+            let value = u32::from_be_bytes([p[2], p[3], p[4], p[5]]);
+            match id {
+                setting::HEADER_TABLE_SIZE => self.encoder.set_max_size(value as usize),
+                setting::MAX_CONCURRENT_STREAMS => {
+                    self.peer_max_streams = value as usize;
+                    for w in self.waiting.drain(..) {
+                        w.wake();
+                    }
+                }
+                setting::INITIAL_WINDOW_SIZE => {
+                    if value as i64 > MAX_WINDOW {
+                        return Err(fault(
+                            Reason::FLOW_CONTROL_ERROR,
+                            "initial_window_size_value",
+                        ));
+                    }
+                    let delta = value as i64 - self.peer_stream_window;
+                    self.peer_stream_window = value as i64;
+                    for s in self.streams.values_mut() {
+                        s.send_window += delta;
+                        if s.send_window > MAX_WINDOW {
+                            return Err(fault(Reason::FLOW_CONTROL_ERROR, "window_overflow"));
+                        }
+                        if let Some(w) = s.send_waker.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(frame::MIN_MAX_FRAME_SIZE..=frame::MAX_MAX_FRAME_SIZE).contains(&value) {
+                        return Err(fault(Reason::PROTOCOL_ERROR, "max_frame_size_value"));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                _ => {}
+            }
+        }
+        frame::put_settings_ack(&mut self.out);
+        Ok(())
+    }
+
+    fn headers(&mut self, id: u32, end_stream: bool, block: Bytes) -> Result<(), Fault> {
+        let mut status: Option<Bytes> = None;
+        let mut headers = HeaderMap::new();
+        let mut size = 0;
+        let mut malformed = None;
+        self.decoder
+            .decode(&block, |f| {
+                size += f.size;
+                if malformed.is_some() {
+                    return;
+                }
+                if size > MAX_HEADER_LIST {
+                    malformed = Some("response_headers_too_large");
+                    return;
+                }
+                match f.name {
+                    Name::Pseudo(Pseudo::Status) if status.is_none() && headers.is_empty() => {
+                        status = Some(f.value)
+                    }
+                    Name::Pseudo(_) | Name::Invalid => malformed = Some("malformed_response_head"),
+                    Name::Header(name) => match f.header {
+                        Some(v) if !is_connection_specific(&name) => {
+                            headers.append(name, v);
+                        }
+                        _ => malformed = Some("malformed_response_head"),
+                    },
+                }
+            })
+            .map_err(|_| fault(Reason::COMPRESSION_ERROR, "hpack_decoding_failed"))?;
+        if id.is_multiple_of(2) || id >= self.next_id {
+            return Err(fault(
+                Reason::PROTOCOL_ERROR,
+                "headers_on_a_stream_not_opened",
+            ));
+        }
+        let Some(s) = self.streams.get_mut(&id) else {
+            // A stream the gateway cancelled.
+            return Ok(());
+        };
+        if s.remote_done {
+            return self.reset(id, Reason::STREAM_CLOSED, "headers after the end");
+        }
+        if let Some(why) = malformed {
+            return self.reset(id, Reason::PROTOCOL_ERROR, why);
+        }
+        if !matches!(s.response, Slot::Waiting(_)) {
+            // Trailers.
+            if status.is_some() || !end_stream {
+                return self.reset(id, Reason::PROTOCOL_ERROR, "malformed trailers");
+            }
+            if s.content_length.is_some_and(|cl| cl != s.received) {
+                return self.reset(
+                    id,
+                    Reason::PROTOCOL_ERROR,
+                    "body does not match its content-length",
+                );
+            }
+            s.remote_done = true;
+            if let Some(inflow) = &s.inflow {
+                inflow.trailers(headers);
+            }
+            self.close_if_done(id);
+            return Ok(());
+        }
+        let Some(status) = status
+            .as_deref()
+            .and_then(|v| StatusCode::from_bytes(v).ok())
+        else {
+            return self.reset(id, Reason::PROTOCOL_ERROR, "malformed_response_head");
+        };
+        if status.is_informational() {
+            // Interim responses (100 Continue, 103) are not handed on; a 101 is not HTTP/2.
+            if end_stream || status == StatusCode::SWITCHING_PROTOCOLS {
+                return self.reset(id, Reason::PROTOCOL_ERROR, "malformed_response_head");
+            }
+            return Ok(());
+        }
+        let content_length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let bodiless = s.head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let body = if end_stream {
+            s.remote_done = true;
+            RecvBody::empty()
+        } else {
+            let inflow = Inflow::new(id, self.released.clone());
+            s.inflow = Some(inflow.clone());
+            s.content_length = if bodiless { Some(0) } else { content_length };
+            RecvBody::streamed(inflow, if bodiless { None } else { content_length })
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.version_mut() = Version::HTTP_2;
+        *resp.headers_mut() = headers;
+        if let Slot::Waiting(Some(w)) = std::mem::replace(&mut s.response, Slot::Ready(Ok(resp))) {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// A stream error: RST_STREAM to the endpoint, the request failed.
+    fn reset(&mut self, id: u32, code: Reason, why: &'static str) -> Result<(), Fault> {
+        frame::put_rst_stream(&mut self.out, id, code);
+        self.fail_stream(id, StreamFailure::Failed(why), Http2BodyError::Reset(code));
+        Ok(())
+    }
+
+    fn data(&mut self, head: Head, payload: Bytes) -> Result<(), Fault> {
+        let len = payload.len();
+        if len as i64 > self.recv_window {
+            return Err(fault(
+                Reason::FLOW_CONTROL_ERROR,
+                "data_beyond_connection_window",
+            ));
+        }
+        self.recv_window -= len as i64;
+        let data = unpad(&head, payload)?;
+        let end = head.has(flag::END_STREAM);
+        let padding = len - data.len();
+        let n = data.len();
+        let Some(s) = self.streams.get_mut(&head.stream) else {
+            if head.stream == 0 || head.stream >= self.next_id {
+                return Err(fault(Reason::PROTOCOL_ERROR, "data_on_a_stream_not_opened"));
+            }
+            self.release_connection(len);
+            return Ok(());
+        };
+        let Some(inflow) = s.inflow.clone() else {
+            let why = if s.remote_done {
+                Reason::STREAM_CLOSED
+            } else {
+                Reason::PROTOCOL_ERROR
+            };
+            self.release_connection(len);
+            return self.reset(head.stream, why, "data without a response head");
+        };
+        if len as i64 > s.recv_window {
+            self.release_connection(len);
+            return self.reset(
+                head.stream,
+                Reason::FLOW_CONTROL_ERROR,
+                "data beyond the stream window",
+            );
+        }
+        s.recv_window -= len as i64;
+        s.received += n as u64;
+        if s.content_length
+            .is_some_and(|cl| s.received > cl || (end && s.received != cl))
+        {
+            self.release_connection(len);
+            return self.reset(
+                head.stream,
+                Reason::PROTOCOL_ERROR,
+                "body does not match its content-length",
+            );
+        }
+        if end {
+            s.remote_done = true;
+        }
+        let delivered = inflow.push(data, end);
+        let back = padding + if delivered { 0 } else { n };
+        if back > 0 {
+            self.release(head.stream, back);
+        }
+        if end {
+            self.close_if_done(head.stream);
+        }
+        Ok(())
+    }
+
+    /// Response bytes read (or dropped) by their readers: WINDOW_UPDATEs once half a window
+    /// is owed; a response dropped before its end cancels its stream.
+    pub fn released(&mut self, events: &[(u32, usize, bool)]) {
+        for &(id, n, dropped) in events {
+            self.release(id, n);
+            if dropped {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.inflow = None;
+                    if !s.remote_done {
+                        self.cancel(id);
+                    } else {
+                        self.close_if_done(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: u32, n: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.recv_unacked += n;
+            if !s.remote_done && s.recv_unacked >= STREAM_WINDOW as usize / 2 {
+                frame::put_window_update(&mut self.out, id, s.recv_unacked as u32);
+                s.recv_window += s.recv_unacked as i64;
+                s.recv_unacked = 0;
+            }
+        }
+        self.release_connection(n);
+    }
+
+    fn release_connection(&mut self, n: usize) {
+        self.recv_unacked += n;
+        if self.recv_unacked >= CONNECTION_WINDOW as usize / 2 {
+            frame::put_window_update(&mut self.out, 0, self.recv_unacked as u32);
+            self.recv_window += self.recv_unacked as i64;
+            self.recv_unacked = 0;
+        }
+    }
+}
+
+fn unpad(head: &Head, mut payload: Bytes) -> Result<Bytes, Fault> {
+    if !head.has(flag::PADDED) {
+        return Ok(payload);
+    }
+    let Some(&pad) = payload.first() else {
+        return Err(fault(Reason::FRAME_SIZE_ERROR, "padded_frame_empty"));
+    };
+    let pad = pad as usize;
+    if pad >= payload.len() {
+        return Err(fault(Reason::PROTOCOL_ERROR, "padding_too_long"));
+    }
+    let _ = payload.split_to(1);
+    payload.truncate(payload.len() - pad);
+    Ok(payload)
+}
