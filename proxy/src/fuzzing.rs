@@ -22,6 +22,12 @@ pub fn hpack(data: &[u8]) {
     crate::h2codec::fuzz_hpack(data)
 }
 
+/// An endpoint's side of an HTTP/2 connection, as the gateway's client takes it, with
+/// requests open and their responses read.
+pub fn upstream_http2(data: &[u8]) {
+    crate::upstream::fuzz_http2_client(data)
+}
+
 /// A service's HTTP/1.1 response as the gateway's upstream codec reads it; the first byte
 /// picks the request method and how the rest is split into reads.
 pub fn upstream_response(data: &[u8]) {

@@ -22,6 +22,7 @@ use http::{Request, Response};
 
 #[doc(hidden)]
 pub use self::http1::{fuzz_response as fuzz_http1_response, fuzz_template as fuzz_http1_template};
+pub(crate) use self::http2::fuzz_client as fuzz_http2_client;
 pub use self::{
     dial::{Alpn, Dialer, MeshTls, UpstreamIo},
     http1::UpstreamBody,

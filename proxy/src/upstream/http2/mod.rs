@@ -27,6 +27,7 @@ use http::{header, Method, Request, Response};
 use http_body::Body;
 use tokio::io::AsyncWrite;
 
+pub(crate) use self::conn::fuzz_client;
 use self::conn::{ClientConn, StreamFailure};
 use super::{dial::Alpn, SendError, Shared, UpstreamBody, UpstreamIo};
 use crate::{
@@ -57,6 +58,14 @@ pub(super) struct Http2Slot {
 struct Open {
     conn: Conn,
     last_used: Instant,
+}
+
+impl Drop for Open {
+    /// A connection no longer offered to requests (idle, failed, or its endpoint gone) ends
+    /// once the streams still on it are done; its task would otherwise ping on forever.
+    fn drop(&mut self) {
+        lock(&self.conn).close_when_idle();
+    }
 }
 
 impl Http2Slot {
@@ -105,9 +114,7 @@ impl Http2Slot {
             .as_ref()
             .is_some_and(|o| o.last_used.elapsed() > idle_timeout || !lock(&o.conn).usable());
         if expired {
-            if let Some(o) = open.take() {
-                lock(&o.conn).close_when_idle();
-            }
+            *open = None;
         }
     }
 
