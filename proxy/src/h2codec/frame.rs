@@ -152,6 +152,27 @@ pub fn put_goaway(out: &mut Vec<u8>, last_stream: u32, reason: Reason, debug: &s
     out.extend_from_slice(debug.as_bytes());
 }
 
+/// A DATA or HEADERS frame's payload without its padding (§6.1, §6.2); a connection error
+/// (its code and reason) when the padding does not fit.
+pub fn unpad(
+    head: &Head,
+    mut payload: bytes::Bytes,
+) -> Result<bytes::Bytes, (Reason, &'static str)> {
+    if !head.has(flag::PADDED) {
+        return Ok(payload);
+    }
+    let Some(&pad) = payload.first() else {
+        return Err((Reason::FRAME_SIZE_ERROR, "padded_frame_empty"));
+    };
+    let pad = pad as usize;
+    if pad >= payload.len() {
+        return Err((Reason::PROTOCOL_ERROR, "padding_too_long"));
+    }
+    let _ = payload.split_to(1);
+    payload.truncate(payload.len() - pad);
+    Ok(payload)
+}
+
 /// Writes a header block as HEADERS and, beyond `max_frame`, CONTINUATION frames.
 pub fn put_header_block(
     out: &mut Vec<u8>,

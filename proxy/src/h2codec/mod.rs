@@ -3,6 +3,7 @@
 //! its reader. No I/O and no connection state here: `inbound/http2/` and `upstream/http2/`
 //! hold those.
 
+pub mod flow;
 pub mod frame;
 pub mod hpack;
 pub mod huffman;

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     h2codec::{
+        flow::RecvWindow,
         frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
         hpack,
         recv_body::{Http2BodyError, Inflow, RecvBody as RequestBody, Released},
@@ -118,9 +119,7 @@ struct Stream<B> {
     remote_done: bool,
     inflow: Option<Arc<Inflow>>,
     /// What the caller may still send on this stream.
-    recv_window: i64,
-    /// Bytes read by the body's reader and not yet given back in a WINDOW_UPDATE.
-    recv_unacked: usize,
+    recv: RecvWindow,
     send_window: i64,
     /// The declared content-length, and what arrived so far.
     content_length: Option<u64>,
@@ -147,8 +146,7 @@ pub struct Conn<B> {
     /// Whether the caller's first SETTINGS has arrived (it must come first).
     saw_settings: bool,
     /// What the caller may still send on the connection.
-    recv_window: i64,
-    recv_unacked: usize,
+    recv: RecvWindow,
     send_window: i64,
     /// The caller's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
     peer_stream_window: i64,
@@ -206,8 +204,7 @@ impl<B> Conn<B> {
             last_stream: 0,
             partial: None,
             saw_settings: false,
-            recv_window: settings.connection_window as i64,
-            recv_unacked: 0,
+            recv: RecvWindow::new(settings.connection_window),
             send_window: DEFAULT_WINDOW,
             peer_stream_window: DEFAULT_WINDOW,
             peer_max_frame: frame::MIN_MAX_FRAME_SIZE as usize,
@@ -473,8 +470,7 @@ impl<B> Conn<B> {
                 local: Local::Handling(abort),
                 remote_done: end_stream,
                 inflow,
-                recv_window: self.settings.stream_window as i64,
-                recv_unacked: 0,
+                recv: RecvWindow::new(self.settings.stream_window),
                 send_window: self.peer_stream_window,
                 content_length,
                 received: 0,
@@ -563,13 +559,12 @@ impl<B> Conn<B> {
             ));
         }
         let len = payload.len();
-        if len as i64 > self.recv_window {
+        if !self.recv.take(len) {
             return Err(Http2Error::protocol(
                 Reason::FLOW_CONTROL_ERROR,
                 "data_beyond_connection_window",
             ));
         }
-        self.recv_window -= len as i64;
         let data = unpad(&head, payload)?;
         let end = head.has(flag::END_STREAM);
         let padding = len - data.len();
@@ -588,11 +583,10 @@ impl<B> Conn<B> {
             self.release_connection(len, out);
             return self.reset(head.stream, Reason::STREAM_CLOSED, out);
         }
-        if len as i64 > s.recv_window {
+        if !s.recv.take(len) {
             self.release_connection(len, out);
             return self.reset(head.stream, Reason::FLOW_CONTROL_ERROR, out);
         }
-        s.recv_window -= len as i64;
         s.received += data.len() as u64;
         let length_ok = match s.content_length {
             Some(cl) => s.received <= cl && (!end || s.received == cl),
@@ -825,22 +819,19 @@ impl<B> Conn<B> {
 
     fn release(&mut self, id: u32, n: usize, out: &mut Vec<u8>) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.recv_unacked += n;
-            if !s.remote_done && s.recv_unacked >= self.settings.stream_window as usize / 2 {
-                frame::put_window_update(out, id, s.recv_unacked as u32);
-                s.recv_window += s.recv_unacked as i64;
-                s.recv_unacked = 0;
+            if let Some(increment) = s.recv.release(n) {
+                // A stream the caller has ended needs no more credit.
+                if !s.remote_done {
+                    frame::put_window_update(out, id, increment);
+                }
             }
         }
         self.release_connection(n, out);
     }
 
     fn release_connection(&mut self, n: usize, out: &mut Vec<u8>) {
-        self.recv_unacked += n;
-        if self.recv_unacked >= self.settings.connection_window as usize / 2 {
-            frame::put_window_update(out, 0, self.recv_unacked as u32);
-            self.recv_window += self.recv_unacked as i64;
-            self.recv_unacked = 0;
+        if let Some(increment) = self.recv.release(n) {
+            frame::put_window_update(out, 0, increment);
         }
     }
 
@@ -1030,25 +1021,6 @@ impl<B> Conn<B> {
     }
 }
 
-/// A frame's payload without its padding (§6.1, §6.2).
-fn unpad(head: &Head, mut payload: Bytes) -> Result<Bytes, Http2Error> {
-    if !head.has(flag::PADDED) {
-        return Ok(payload);
-    }
-    let Some(&pad) = payload.first() else {
-        return Err(Http2Error::protocol(
-            Reason::FRAME_SIZE_ERROR,
-            "padded_frame_empty",
-        ));
-    };
-    let pad = pad as usize;
-    if pad >= payload.len() {
-        return Err(Http2Error::protocol(
-            Reason::PROTOCOL_ERROR,
-            "padding_too_long",
-        ));
-    }
-    let _ = payload.split_to(1);
-    payload.truncate(payload.len() - pad);
-    Ok(payload)
+fn unpad(head: &Head, payload: Bytes) -> Result<Bytes, Http2Error> {
+    frame::unpad(head, payload).map_err(|(code, what)| Http2Error::protocol(code, what))
 }

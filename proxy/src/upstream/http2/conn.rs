@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode, Version};
 
 use crate::h2codec::{
+    flow::RecvWindow,
     frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
     hpack::{self, is_connection_specific, Name, Pseudo},
     recv_body::{Http2BodyError, Inflow, RecvBody, Released},
@@ -61,8 +62,7 @@ enum Slot {
 struct Stream {
     response: Slot,
     inflow: Option<Arc<Inflow>>,
-    recv_window: i64,
-    recv_unacked: usize,
+    recv: RecvWindow,
     send_window: i64,
     /// The request body's sender, waiting for window or for the output to drain.
     send_waker: Option<Waker>,
@@ -89,8 +89,7 @@ pub struct ClientConn {
     peer_stream_window: i64,
     peer_max_frame: usize,
     send_window: i64,
-    recv_window: i64,
-    recv_unacked: usize,
+    recv: RecvWindow,
     partial: Option<PartialBlock>,
     /// The endpoint's GOAWAY, or the gateway's decision to stop: no new stream.
     closing: bool,
@@ -133,8 +132,7 @@ impl ClientConn {
             peer_stream_window: DEFAULT_WINDOW,
             peer_max_frame: frame::MIN_MAX_FRAME_SIZE as usize,
             send_window: DEFAULT_WINDOW,
-            recv_window: CONNECTION_WINDOW as i64,
-            recv_unacked: 0,
+            recv: RecvWindow::new(CONNECTION_WINDOW),
             partial: None,
             closing: false,
             failed: None,
@@ -226,8 +224,7 @@ impl ClientConn {
             Stream {
                 response: Slot::Waiting(None),
                 inflow: None,
-                recv_window: STREAM_WINDOW as i64,
-                recv_unacked: 0,
+                recv: RecvWindow::new(STREAM_WINDOW),
                 send_window: self.peer_stream_window,
                 send_waker: None,
                 local_done: end_stream,
@@ -729,13 +726,12 @@ impl ClientConn {
 
     fn data(&mut self, head: Head, payload: Bytes) -> Result<(), Fault> {
         let len = payload.len();
-        if len as i64 > self.recv_window {
+        if !self.recv.take(len) {
             return Err(fault(
                 Reason::FLOW_CONTROL_ERROR,
                 "data_beyond_connection_window",
             ));
         }
-        self.recv_window -= len as i64;
         let data = unpad(&head, payload)?;
         let end = head.has(flag::END_STREAM);
         let padding = len - data.len();
@@ -756,7 +752,7 @@ impl ClientConn {
             self.release_connection(len);
             return self.reset(head.stream, why, "data without a response head");
         };
-        if len as i64 > s.recv_window {
+        if !s.recv.take(len) {
             self.release_connection(len);
             return self.reset(
                 head.stream,
@@ -764,7 +760,6 @@ impl ClientConn {
                 "data beyond the stream window",
             );
         }
-        s.recv_window -= len as i64;
         s.received += n as u64;
         if s.content_length
             .is_some_and(|cl| s.received > cl || (end && s.received != cl))
@@ -810,40 +805,24 @@ impl ClientConn {
 
     fn release(&mut self, id: u32, n: usize) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.recv_unacked += n;
-            if !s.remote_done && s.recv_unacked >= STREAM_WINDOW as usize / 2 {
-                frame::put_window_update(&mut self.out, id, s.recv_unacked as u32);
-                s.recv_window += s.recv_unacked as i64;
-                s.recv_unacked = 0;
+            if let Some(increment) = s.recv.release(n) {
+                if !s.remote_done {
+                    frame::put_window_update(&mut self.out, id, increment);
+                }
             }
         }
         self.release_connection(n);
     }
 
     fn release_connection(&mut self, n: usize) {
-        self.recv_unacked += n;
-        if self.recv_unacked >= CONNECTION_WINDOW as usize / 2 {
-            frame::put_window_update(&mut self.out, 0, self.recv_unacked as u32);
-            self.recv_window += self.recv_unacked as i64;
-            self.recv_unacked = 0;
+        if let Some(increment) = self.recv.release(n) {
+            frame::put_window_update(&mut self.out, 0, increment);
         }
     }
 }
 
-fn unpad(head: &Head, mut payload: Bytes) -> Result<Bytes, Fault> {
-    if !head.has(flag::PADDED) {
-        return Ok(payload);
-    }
-    let Some(&pad) = payload.first() else {
-        return Err(fault(Reason::FRAME_SIZE_ERROR, "padded_frame_empty"));
-    };
-    let pad = pad as usize;
-    if pad >= payload.len() {
-        return Err(fault(Reason::PROTOCOL_ERROR, "padding_too_long"));
-    }
-    let _ = payload.split_to(1);
-    payload.truncate(payload.len() - pad);
-    Ok(payload)
+fn unpad(head: &Head, payload: Bytes) -> Result<Bytes, Fault> {
+    frame::unpad(head, payload).map_err(|(code, what)| fault(code, what))
 }
 
 /// Fuzzing: arbitrary bytes as an endpoint's side of a connection with three requests open
@@ -899,7 +878,7 @@ pub fn fuzz_client(data: &[u8]) {
         c.released.clone().take(&mut cx, &mut releases);
         c.released(&releases);
         releases.clear();
-        assert!(c.recv_window <= MAX_WINDOW && c.recv_window >= 0);
+        assert!(c.recv.available() <= MAX_WINDOW && c.recv.available() >= 0);
         c.out.clear();
     }
     drop(bodies);
