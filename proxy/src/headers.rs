@@ -164,6 +164,18 @@ const HOP_PROXY_AUTHORIZATION: u16 = 1 << 5;
 const HOP_KEEP_ALIVE: u16 = 1 << 6;
 const HOP_PROXY_CONNECTION: u16 = 1 << 7;
 
+/// The names `hop_bit` knows, as a `Connection` listing may spell them.
+const HOP_NAMES: [&[u8]; 8] = [
+    b"keep-alive",
+    b"connection",
+    b"upgrade",
+    b"te",
+    b"transfer-encoding",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"proxy-connection",
+];
+
 fn hop_bit(name: &HeaderName) -> u16 {
     if name == header::CONNECTION {
         HOP_CONNECTION
@@ -209,10 +221,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         {
             let token = token.trim_ascii();
-            if token.is_empty() || token.eq_ignore_ascii_case(b"close") {
+            // Known hop-by-hop names are removed below, if present; `keep-alive`, the token
+            // nearly every listing names, is one of them, and comparing costs less than
+            // parsing a `HeaderName`.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || HOP_NAMES.iter().any(|n| token.eq_ignore_ascii_case(n))
+            {
                 continue;
             }
-            // Known hop-by-hop names are removed below, if present.
             if let Ok(name) = HeaderName::from_bytes(token) {
                 if hop_bit(&name) == 0 {
                     listed.push(name);

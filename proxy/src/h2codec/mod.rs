@@ -8,6 +8,7 @@ pub mod frame;
 pub mod hpack;
 pub mod huffman;
 pub mod recv_body;
+pub mod stream_map;
 
 /// Why a header block could not be decoded. Each is a connection error
 /// (COMPRESSION_ERROR): the compression context is lost with it.

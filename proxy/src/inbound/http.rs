@@ -587,7 +587,7 @@ async fn proxy(
                 retried = true;
                 *upstream = Some(other.endpoint().clone());
                 inflight = other;
-                req = back;
+                req = *back;
             }
         }
     };
@@ -653,24 +653,30 @@ async fn proxy(
     Ok(resp.map(Either::Left))
 }
 
-/// One attempt at `endpoint`. Only the HTTP/1.1 path is awaited in place: the others are
-/// boxed to keep every request's future (copied into a task per HTTP/2 stream) small.
-async fn send(
-    gw: &Gateway,
+/// One attempt at `endpoint`. Only the HTTP/1.1 path is held in place: the others are boxed
+/// to keep every request's future (copied into its stream's place on HTTP/2) small. Not an
+/// `async fn`, which would hold the attempt's future besides its own arguments.
+fn send<'a>(
+    gw: &'a Gateway,
     wire: Wire,
     upgrading: bool,
-    endpoint: &Arc<Endpoint>,
+    endpoint: &'a Arc<Endpoint>,
     req: Request<CallerBody>,
-    added: &GatewayFields,
-) -> Result<Response<UpstreamBody>, SendError> {
+    added: &'a GatewayFields,
+) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
+    use futures_util::future::Either;
+    type Attempt<'a> =
+        Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a>>;
     match wire {
         Wire::Http2 | Wire::Http1OverHttp2(_) => {
-            Box::pin(gw.upstreams.send_http2(endpoint, req)).await
+            Either::Left(Box::pin(gw.upstreams.send_http2(endpoint, req)) as Attempt<'a>)
         }
-        Wire::Http1(_) if upgrading => Box::pin(gw.upstreams.send_upgrade(endpoint, req))
-            .await
-            .map_err(SendError::from),
-        Wire::Http1(_) => gw.upstreams.send_http1(endpoint, req, added).await,
+        Wire::Http1(_) if upgrading => Either::Left(Box::pin(
+            gw.upstreams
+                .send_upgrade(endpoint, req)
+                .map(|r| r.map_err(SendError::from)),
+        ) as Attempt<'a>),
+        Wire::Http1(_) => Either::Right(gw.upstreams.send_http1(endpoint, req, added)),
     }
 }
 

@@ -102,7 +102,9 @@ impl EndpointPool {
 #[derive(Debug)]
 pub struct SendError {
     pub error: ProxyError,
-    pub unsent: Option<Request<CallerBody>>,
+    /// Boxed: it is rare, and a request inline would make every attempt's result (and the
+    /// futures that hold one) the size of a request.
+    pub unsent: Option<Box<Request<CallerBody>>>,
 }
 
 impl From<ProxyError> for SendError {
@@ -113,6 +115,13 @@ impl From<ProxyError> for SendError {
         }
     }
 }
+
+/// An attempt under the response timeout: the timeout's `Elapsed` becomes the attempt's
+/// error.
+type WithinTimeout<F, T, E> = futures_util::future::Map<
+    tokio::time::Timeout<F>,
+    fn(Result<Result<T, E>, tokio::time::error::Elapsed>) -> Result<T, E>,
+>;
 
 /// Most bytes an upgrade's HTTP/1.1 connection buffers (read and write each) until the
 /// switch: hyper's default lets the read buffer grow to 400 KB.
@@ -174,48 +183,50 @@ impl Upstreams {
         Ok(io)
     }
 
+    // These return combinators, not `async fn`s: an `async fn` wrapping a future keeps the
+    // future both as its argument and as what it awaits, and each layer of that doubled the
+    // request's future (5 KB for HTTP/2), which every request then copied on its way into
+    // the stream's task (memcpy was a fifth of the gateway's own instructions per request).
+
     /// Sends `req` over the endpoint's multiplexed HTTP/2 connection (opened if need be) and
     /// waits for response headers.
-    pub async fn send_http2(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    pub fn send_http2<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<CallerBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         self.within_response_timeout(http2::send(&self.shared, endpoint, req))
-            .await
     }
 
     /// Sends `req` over a pooled HTTP/1.1 connection to the endpoint and waits for response
     /// headers; the response body returns the connection to the pool.
-    pub async fn send_http1(
-        &self,
-        endpoint: &Arc<Endpoint>,
+    pub fn send_http1<'a>(
+        &'a self,
+        endpoint: &'a Arc<Endpoint>,
         req: Request<CallerBody>,
-        added: &GatewayFields,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        added: &'a GatewayFields,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         self.within_response_timeout(http1::send(&self.shared, endpoint, req, added))
-            .await
     }
 
     /// `attempt`'s result, or [`ProxyError::ResponseTimeout`] once the response headers took
     /// longer than the configured response timeout.
-    async fn within_response_timeout<T, E: From<ProxyError>>(
+    fn within_response_timeout<T, E: From<ProxyError>, F: Future<Output = Result<T, E>>>(
         &self,
-        attempt: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
+        attempt: F,
+    ) -> WithinTimeout<F, T, E> {
+        use futures_util::FutureExt;
         tokio::time::timeout(self.shared.cfg.response_timeout, attempt)
-            .await
-            .unwrap_or_else(|_| Err(ProxyError::ResponseTimeout.into()))
+            .map(|r| r.unwrap_or_else(|_| Err(ProxyError::ResponseTimeout.into())))
     }
 
     /// An HTTP/1.1 upgrade request, on a connection of its own.
-    pub async fn send_upgrade(
-        &self,
-        endpoint: &Endpoint,
+    pub fn send_upgrade<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
         req: Request<CallerBody>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + 'a {
         self.within_response_timeout(http1::send_upgrade(&self.shared, endpoint, req))
-            .await
     }
 }
 

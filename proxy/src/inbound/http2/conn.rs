@@ -6,7 +6,7 @@
 //! keep a caller from making the gateway work for nothing (streams reset before they are
 //! answered, frames that do nothing, streams the gateway has to refuse).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::future::{AbortHandle, AbortRegistration};
@@ -23,6 +23,7 @@ use crate::{
         frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
         hpack,
         recv_body::{Http2BodyError, Inflow, RecvBody as RequestBody, Released},
+        stream_map::{stream_map, StreamMap},
     },
     headers::L5D_PROXY_ERROR,
     metrics,
@@ -139,7 +140,7 @@ pub struct Conn<B> {
     settings: Settings,
     decoder: hpack::Decoder,
     encoder: hpack::Encoder,
-    streams: HashMap<u32, Stream<B>>,
+    streams: StreamMap<Stream<B>>,
     /// The highest stream the caller opened.
     last_stream: u32,
     partial: Option<PartialBlock>,
@@ -200,7 +201,7 @@ impl<B> Conn<B> {
             settings,
             decoder: hpack::Decoder::default(),
             encoder: hpack::Encoder::default(),
-            streams: HashMap::new(),
+            streams: stream_map(),
             last_stream: 0,
             partial: None,
             saw_settings: false,

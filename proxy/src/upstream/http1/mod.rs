@@ -91,7 +91,7 @@ pub(super) async fn send(
                 Err(error) => {
                     return Err(SendError {
                         error,
-                        unsent: body.map(|b| Request::from_parts(parts, b)),
+                        unsent: body.map(|b| Box::new(Request::from_parts(parts, b))),
                     })
                 }
             },
@@ -141,7 +141,9 @@ pub(super) async fn send(
                     _ => {
                         tracing::debug!(%addr, error = %e, reason = e.reason(), "upstream request failed");
                         let unsent = match e {
-                            ExchangeError::Unsent(_) => body.map(|b| Request::from_parts(parts, b)),
+                            ExchangeError::Unsent(_) => {
+                                body.map(|b| Box::new(Request::from_parts(parts, b)))
+                            }
                             _ => None,
                         };
                         return Err(SendError {

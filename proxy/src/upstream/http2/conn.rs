@@ -7,7 +7,7 @@
 //! both ways, header blocks over CONTINUATION, GOAWAY (streams above its last id were never
 //! taken and may go elsewhere), push refused.
 
-use std::{collections::HashMap, sync::Arc, task::Waker};
+use std::{sync::Arc, task::Waker};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Response, StatusCode, Version};
@@ -17,6 +17,7 @@ use crate::h2codec::{
     frame::{self, flag, kind, setting, Head, Reason, DEFAULT_WINDOW, MAX_WINDOW},
     hpack::{self, is_connection_specific, Name, Pseudo},
     recv_body::{Http2BodyError, Inflow, RecvBody, Released},
+    stream_map::{stream_map, StreamMap},
 };
 
 /// Fixed flow-control windows toward the endpoint, as the caller side's: what an endpoint may
@@ -26,6 +27,8 @@ pub const STREAM_WINDOW: u32 = 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Response header lists taken from an endpoint, as the HTTP/1.1 client's head limit.
 pub const MAX_HEADER_LIST: usize = 64 * 1024;
+/// The most fields a response map is made room for ahead of its head.
+const MAX_REMEMBERED_FIELDS: usize = 64;
 /// Queued output beyond which request bodies wait for the connection's task to write.
 pub const OUT_HIGH: usize = 64 * 1024;
 /// Streams opened before the endpoint's SETTINGS say how many it takes (RFC 9113 §6.5.2
@@ -83,7 +86,7 @@ struct PartialBlock {
 pub struct ClientConn {
     encoder: hpack::Encoder,
     decoder: hpack::Decoder,
-    streams: HashMap<u32, Stream>,
+    streams: StreamMap<Stream>,
     next_id: u32,
     peer_max_streams: usize,
     peer_stream_window: i64,
@@ -108,6 +111,9 @@ pub struct ClientConn {
     ping: Option<[u8; 8]>,
     pub pong: bool,
     scratch: Vec<u8>,
+    /// Fields in the endpoint's last response head: the next one's map is made that size, as
+    /// a service sends the same head response after response, instead of growing as it fills.
+    last_fields: usize,
 }
 
 impl ClientConn {
@@ -126,7 +132,7 @@ impl ClientConn {
         ClientConn {
             encoder: hpack::Encoder::default(),
             decoder: hpack::Decoder::default(),
-            streams: HashMap::new(),
+            streams: stream_map(),
             next_id: 1,
             peer_max_streams: INITIAL_MAX_STREAMS,
             peer_stream_window: DEFAULT_WINDOW,
@@ -144,6 +150,7 @@ impl ClientConn {
             ping: None,
             pong: false,
             scratch: Vec::new(),
+            last_fields: 0,
         }
     }
 
@@ -616,7 +623,7 @@ impl ClientConn {
 
     fn headers(&mut self, id: u32, end_stream: bool, block: Bytes) -> Result<(), Fault> {
         let mut status: Option<Bytes> = None;
-        let mut headers = HeaderMap::new();
+        let mut headers = HeaderMap::with_capacity(self.last_fields);
         let mut size = 0;
         let mut malformed = None;
         self.decoder
@@ -691,6 +698,7 @@ impl ClientConn {
             }
             return Ok(());
         }
+        self.last_fields = headers.len().min(MAX_REMEMBERED_FIELDS);
         let content_length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())

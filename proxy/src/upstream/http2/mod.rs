@@ -278,12 +278,19 @@ pub(super) async fn send(
     endpoint: &Arc<Endpoint>,
     req: Request<CallerBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    let conn = match endpoint.pool.http2.connection(shared, endpoint).await {
+    let slot = &endpoint.pool.http2;
+    let opened = match slot.current() {
+        Some(c) => Ok(c),
+        // Boxed: dialing is the cold path, and its future (a TLS handshake's) would otherwise
+        // be part of every request's.
+        None => Box::pin(slot.connection(shared, endpoint)).await,
+    };
+    let conn = match opened {
         Ok(c) => c,
         Err(error) => {
             return Err(SendError {
                 error,
-                unsent: Some(req),
+                unsent: Some(Box::new(req)),
             })
         }
     };
@@ -305,7 +312,7 @@ pub(super) async fn send(
             tracing::debug!(addr = %endpoint.addr, "upstream HTTP/2 connection cannot take the request");
             return Err(SendError {
                 error: ProxyError::Upstream,
-                unsent: Some(Request::from_parts(parts, body)),
+                unsent: Some(Box::new(Request::from_parts(parts, body))),
             });
         }
     };
@@ -336,7 +343,9 @@ pub(super) async fn send(
             // A stream the endpoint never took (GOAWAY below it, REFUSED_STREAM) may go to
             // another endpoint, if its body was not read: one that ended with its head.
             let unsent = match (failure, body) {
-                (StreamFailure::Unsent, Some(body)) => Some(Request::from_parts(parts, body)),
+                (StreamFailure::Unsent, Some(body)) => {
+                    Some(Box::new(Request::from_parts(parts, body)))
+                }
                 _ => None,
             };
             Err(SendError {
