@@ -23,6 +23,14 @@ pub(crate) const MAX_KEPT_HEAD: usize = 4096;
 /// Responses of another shape in a row before the template is replaced by the latest: a
 /// service alternating between two shapes keeps one of them instead of rebuilding every time.
 pub(crate) const MISSES_BEFORE_REPLACE: u8 = 4;
+/// Heads in a row with the template's names but some other value before the template takes
+/// the latest values. A `Date` moves on once a second and then differs from the template in
+/// every head after (~350 instructions each to validate and insert); a value that differs in
+/// every head (a request id) would make each refresh (~4k) pay for nothing, so when every head
+/// since the last keep differed, the wait for the next doubles.
+pub(crate) const STALE_BEFORE_REFRESH: u16 = 4;
+/// The most heads a refresh waits for, once values keep changing.
+const MAX_STALE_BEFORE_REFRESH: u16 = 4096;
 
 /// Where one header field lies in a head's bytes.
 #[derive(Debug, Clone)]
@@ -71,6 +79,12 @@ pub struct HeadTemplate {
     headers: HeaderMap,
     /// Responses in a row whose names did not match.
     pub(crate) misses: u8,
+    /// Heads in a row whose names matched and some value did not.
+    stale: u16,
+    /// How many such heads the next refresh waits for (0: [`STALE_BEFORE_REFRESH`]).
+    refresh_after: u16,
+    /// Heads since the template was kept.
+    pub(crate) since_kept: u32,
 }
 
 impl HeadTemplate {
@@ -78,12 +92,23 @@ impl HeadTemplate {
     pub fn headers(&mut self, head: &Bytes, spans: &[Span]) -> Result<HeaderMap, InvalidField> {
         if !self.spans.is_empty() && self.same_names(head, spans) {
             self.misses = 0;
+            self.since_kept = self.since_kept.saturating_add(1);
             let mut headers = self.headers.clone();
+            let mut differed = false;
             for ((now, was), name) in spans.iter().zip(&self.spans).zip(&self.names) {
                 let value = &head[now.value.0..now.value.1];
                 if value != &self.head[was.value.0..was.value.1] {
                     headers.insert(name.clone(), value_at(head, now)?);
+                    differed = true;
                 }
+            }
+            if differed {
+                self.stale = self.stale.saturating_add(1);
+                if self.stale >= self.refresh_after.max(STALE_BEFORE_REFRESH) {
+                    self.refresh(head, spans, &headers);
+                }
+            } else {
+                self.stale = 0;
             }
             return Ok(headers);
         }
@@ -101,6 +126,21 @@ impl HeadTemplate {
                 .iter()
                 .zip(&self.spans)
                 .all(|(now, was)| head[now.name.0..now.name.1] == self.head[was.name.0..was.name.1])
+    }
+
+    /// Keeps `head`, whose names are the template's, for its values.
+    fn refresh(&mut self, head: &Bytes, spans: &[Span], headers: &HeaderMap) {
+        // Every head since the last keep differed: the value moves with each one.
+        let always = u32::from(self.stale) >= self.since_kept;
+        let next = if always {
+            (self.refresh_after.max(STALE_BEFORE_REFRESH) * 2).min(MAX_STALE_BEFORE_REFRESH)
+        } else {
+            STALE_BEFORE_REFRESH
+        };
+        // The head was validated as it was read: keeping it again cannot fail, and if it did
+        // the template would only be empty until the next head.
+        let _ = self.keep(head, spans, headers);
+        self.refresh_after = next;
     }
 
     /// Keeps `head` as the template when it can serve as one, else keeps nothing.

@@ -640,11 +640,17 @@ impl Encoder {
 
 /// Fields HTTP/2 forbids (RFC 9113 §8.2.2); `te` is allowed in requests only as "trailers".
 pub fn is_connection_specific(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == "keep-alive"
-        || name == "proxy-connection"
+    // Every field of every head passes here. The first three are standard names (compared as
+    // enum values); the other two are custom names, held lower-case, compared as bytes.
+    if name == header::CONNECTION || name == header::TRANSFER_ENCODING || name == header::UPGRADE {
+        return true;
+    }
+    let s = name.as_str();
+    match s.len() {
+        10 => s == "keep-alive",
+        16 => s == "proxy-connection",
+        _ => false,
+    }
 }
 
 /// Encodes a header list for tests and fuzzing: the given representation for each field.

@@ -5,7 +5,7 @@
 use std::{
     future::Future,
     pin::{pin, Pin},
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -226,6 +226,34 @@ struct HttpConn {
     /// The authority of the connection's last routed request: callers name the same service
     /// request after request.
     last_authority: LastAuthority,
+    /// The `Forwarded` value of the last request's target: it depends only on the connection
+    /// and the target, and building and validating it cost ~500 instructions a request. The
+    /// target is held weakly, so its address cannot be another target's while kept here.
+    last_forwarded: Mutex<Option<(Weak<Target>, HeaderValue)>>,
+}
+
+impl HttpConn {
+    /// `Forwarded: by=<gateway>;for=<caller>;host=<service>;proto=https`.
+    fn forwarded(&self, target: &Arc<Target>) -> Result<HeaderValue, ProxyError> {
+        let mut last = self
+            .last_forwarded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((t, v)) = &*last {
+            if std::ptr::eq(t.as_ptr(), Arc::as_ptr(target)) {
+                return Ok(v.clone());
+            }
+        }
+        let prefix = &self.ctx.forwarded_prefix;
+        let mut value = String::with_capacity(prefix.len() + target.host.len() + 12);
+        value.push_str(prefix);
+        value.push_str(&target.host);
+        value.push_str(";proto=https");
+        let value = HeaderValue::from_maybe_shared(Bytes::from(value))
+            .map_err(|_| ProxyError::BadAuthority)?;
+        *last = Some((Arc::downgrade(target), value.clone()));
+        Ok(value)
+    }
 }
 
 /// Serves HTTP on `io` until the caller closes, draining finishes it (requests in flight
@@ -244,6 +272,7 @@ pub async fn serve<IO>(
         ctx,
         target,
         last_authority: LastAuthority::default(),
+        last_forwarded: Mutex::new(None),
     });
     let handler = {
         let conn = conn.clone();
@@ -539,14 +568,7 @@ async fn proxy(
     );
     // As Linkerd's gateway does on its outbound side: the service's fully qualified name.
     added.canonical = Some(target.canonical_header.clone());
-    let mut forwarded = String::with_capacity(ctx.forwarded_prefix.len() + 80);
-    forwarded.push_str(&ctx.forwarded_prefix);
-    forwarded.push_str(&target.host);
-    forwarded.push_str(";proto=https");
-    added.forwarded = Some(
-        HeaderValue::from_maybe_shared(Bytes::from(forwarded))
-            .map_err(|_| ProxyError::BadAuthority)?,
-    );
+    added.forwarded = Some(conn.forwarded(&target)?);
     // Toward an HTTP/1 service (but for upgrades, which hyper's client writes) the codec writes
     // these fields itself; everywhere else they go into the map.
     let added = match wire {

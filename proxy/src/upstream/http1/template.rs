@@ -3,7 +3,7 @@
 use super::codec::{parse_response, Parsed};
 use crate::head_template::HeadTemplate;
 #[cfg(test)]
-use crate::head_template::{MAX_KEPT_HEAD, MISSES_BEFORE_REPLACE};
+use crate::head_template::{MAX_KEPT_HEAD, MISSES_BEFORE_REPLACE, STALE_BEFORE_REFRESH};
 
 /// Fuzzing entry: the heads in `data`, one after another as on one connection, parsed with
 /// the connection's template and each with a fresh one must come out the same (status,
@@ -74,6 +74,41 @@ mod tests {
         assert_eq!(later.len(), 5);
         // The map does not hold the connection's read buffer: the template has its own copy.
         assert_eq!(kept.head.len(), A.len());
+    }
+
+    #[test]
+    fn a_value_that_moved_on_is_taken_into_the_template_and_one_that_always_moves_less_often() {
+        let mut kept = HeadTemplate::default();
+        fields(A, &mut kept);
+        let date = |kept: &HeadTemplate| String::from_utf8_lossy(&kept.head).contains("11:00:01");
+        for _ in 1..STALE_BEFORE_REFRESH {
+            fields(A_LATER, &mut kept);
+            assert!(!date(&kept));
+        }
+        fields(A_LATER, &mut kept);
+        assert!(
+            date(&kept),
+            "the later Date is kept after {STALE_BEFORE_REFRESH} heads"
+        );
+        assert_eq!(kept.since_kept, 0);
+        // A value differing in every head: each refresh soon after the last doubles the wait.
+        let mut refreshes = Vec::new();
+        for i in 0..400u32 {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 11:00:01 GMT\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nx-request-id: {i:08}\r\n\r\n"
+            );
+            let got = fields(head.as_bytes(), &mut kept);
+            assert_eq!(got, fields(head.as_bytes(), &mut HeadTemplate::default()));
+            if kept.since_kept == 0 && i >= u32::from(MISSES_BEFORE_REPLACE) {
+                refreshes.push(i);
+            }
+        }
+        // The new shape (with x-request-id) is kept after its misses, then refreshed at
+        // doubling gaps.
+        let gaps: Vec<u32> = refreshes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] == 2 * g[0]), "{refreshes:?}");
+        assert!(refreshes.len() <= 7, "{refreshes:?}");
     }
 
     #[test]
