@@ -65,8 +65,10 @@ pub fn field_spans(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidField;
 
-#[derive(Default)]
-pub struct HeadTemplate {
+/// `O`: what the kept head parsed to beyond its fields (a response's status line and framing),
+/// noted by the codec; a head that repeats the kept one byte for byte is then taken whole
+/// from the template (see [`HeadTemplate::repeat`]). `()` for codecs that note nothing.
+pub struct HeadTemplate<O = ()> {
     /// A copy of the kept response's head (not a slice of the connection's read buffer, which
     /// would then never be reused in place).
     pub(crate) head: Bytes,
@@ -85,9 +87,54 @@ pub struct HeadTemplate {
     refresh_after: u16,
     /// Heads since the template was kept.
     pub(crate) since_kept: u32,
+    /// What the codec noted the kept head (these very bytes) parsed to.
+    outcome: Option<O>,
 }
 
-impl HeadTemplate {
+impl<O> Default for HeadTemplate<O> {
+    fn default() -> Self {
+        Self {
+            head: Bytes::new(),
+            spans: Vec::new(),
+            names: Vec::new(),
+            headers: HeaderMap::new(),
+            misses: 0,
+            stale: 0,
+            refresh_after: 0,
+            since_kept: 0,
+            outcome: None,
+        }
+    }
+}
+
+impl<O: Clone> HeadTemplate<O> {
+    /// When `buf` starts with the kept head byte for byte and the codec noted what it parsed
+    /// to: the head's length, that outcome and the head's map. The same bytes parse the same
+    /// way (a head ends at its first empty line, whatever follows), so nothing is given up.
+    /// A service answering the same request the same way within a second (a fixed-size body,
+    /// a probe, a static file) sends the same head every time.
+    pub fn repeat(&mut self, buf: &[u8]) -> Option<(usize, O, HeaderMap)> {
+        let outcome = self.outcome.as_ref()?;
+        let n = self.head.len();
+        if buf.get(..n)? != &self.head[..] {
+            return None;
+        }
+        let outcome = outcome.clone();
+        self.misses = 0;
+        self.stale = 0;
+        self.since_kept = self.since_kept.saturating_add(1);
+        Some((n, outcome, self.headers.clone()))
+    }
+
+    /// Notes what `head`, just parsed, came to, if it is the kept head's bytes.
+    pub fn note_outcome(&mut self, head: &[u8], outcome: O) {
+        if !self.spans.is_empty() && head == &self.head[..] {
+            self.outcome = Some(outcome);
+        }
+    }
+}
+
+impl<O> HeadTemplate<O> {
     /// The header map of the response whose head is `head`, fields at `spans`.
     pub fn headers(&mut self, head: &Bytes, spans: &[Span]) -> Result<HeaderMap, InvalidField> {
         if !self.spans.is_empty() && self.same_names(head, spans) {
@@ -150,7 +197,7 @@ impl HeadTemplate {
         spans: &[Span],
         headers: &HeaderMap,
     ) -> Result<(), InvalidField> {
-        *self = HeadTemplate::default();
+        *self = HeadTemplate::<O>::default();
         if spans.is_empty() || head.len() > MAX_KEPT_HEAD || headers.keys_len() != spans.len() {
             return Ok(());
         }

@@ -8,7 +8,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 pub use crate::chunked::{chunk_size_line, encode_trailers, Chunk, ChunkedState};
@@ -216,6 +216,18 @@ pub enum Parsed {
     Final(ResponseHead),
 }
 
+/// What a response head parsed to besides its fields: kept with a connection's template, so
+/// that a head repeating the kept one byte for byte is not parsed again.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusLine {
+    code: u16,
+    minor: u8,
+    fields: FramingFields,
+}
+
+/// A connection's response template (see [`HeadTemplate`]).
+pub type ResponseTemplate = HeadTemplate<StatusLine>;
+
 /// Parses the response head at the start of `buf` and takes its bytes off the buffer.
 /// `Ok(None)`: the head is not complete yet. `method` is the request's (a response to HEAD
 /// has no body). `template` is the connection's: the last response's fields, from which this
@@ -223,10 +235,14 @@ pub enum Parsed {
 pub fn parse_response(
     buf: &mut BytesMut,
     method: &Method,
-    template: &mut HeadTemplate,
+    template: &mut ResponseTemplate,
 ) -> Result<Option<Parsed>, Http1Error> {
     if buf.is_empty() {
         return Ok(None);
+    }
+    if let Some((len, line, headers)) = template.repeat(buf) {
+        buf.advance(len);
+        return final_head(line, headers, method).map(Some);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut fields = FramingFields::default();
@@ -264,15 +280,33 @@ pub fn parse_response(
         }
         return Ok(Some(Parsed::Interim));
     }
+    let headers = template
+        .headers(&head, &spans)
+        .map_err(|_| Http1Error::BadHead)?;
+    let line = StatusLine {
+        code,
+        minor,
+        fields,
+    };
+    let parsed = final_head(line, headers, method)?;
+    // Only a head that parsed to the end is noted, so a repeat of it parses the same way.
+    template.note_outcome(&head, line);
+    Ok(Some(parsed))
+}
+
+/// A final (non-1xx) response head from its status line, framing fields and map.
+fn final_head(line: StatusLine, headers: HeaderMap, method: &Method) -> Result<Parsed, Http1Error> {
+    let StatusLine {
+        code,
+        minor,
+        fields,
+    } = line;
     let status = StatusCode::from_u16(code).map_err(|_| Http1Error::BadHead)?;
     let version = if minor == 1 {
         Version::HTTP_11
     } else {
         Version::HTTP_10
     };
-    let headers = template
-        .headers(&head, &spans)
-        .map_err(|_| Http1Error::BadHead)?;
     let body = response_framing(&fields, version)?;
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -285,13 +319,13 @@ pub fn parse_response(
     // HTTP/1.1 stays open unless told to close; HTTP/1.0 closes unless told to stay.
     let closes = fields.close || (version == Version::HTTP_10 && !fields.keep_alive);
     let keep_alive = framing != BodyFraming::UntilClose && !closes;
-    Ok(Some(Parsed::Final(ResponseHead {
+    Ok(Parsed::Final(ResponseHead {
         status,
         version,
         headers,
         framing,
         keep_alive,
-    })))
+    }))
 }
 
 /// A response's framing from its fields (RFC 9112 §6.3).

@@ -14,10 +14,10 @@ use http_body::Body;
 use tokio::io::AsyncWrite;
 
 use super::{
-    codec::{self, RequestFraming},
+    codec::{self, RequestFraming, ResponseTemplate},
     ReqBody,
 };
-use crate::{head_template::HeadTemplate, upstream::UpstreamIo};
+use crate::upstream::UpstreamIo;
 
 /// First read buffer of a connection; it grows (to [`READ_MAX`]) while reads fill it.
 const READ_MIN: usize = 8 * 1024;
@@ -35,7 +35,7 @@ pub(crate) struct Conn {
     /// The service closed its side (or the socket failed): nothing more will arrive.
     pub(super) eof: bool,
     /// The last response's header fields, from which the next one's are built.
-    pub(super) template: HeadTemplate,
+    pub(super) template: ResponseTemplate,
 }
 
 impl Conn {
@@ -45,7 +45,7 @@ impl Conn {
             rbuf: BytesMut::new(),
             read_size: READ_MIN,
             eof: false,
-            template: HeadTemplate::default(),
+            template: ResponseTemplate::default(),
         }
     }
 

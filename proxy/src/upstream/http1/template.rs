@@ -1,7 +1,6 @@
-//! The upstream codec's use of [`HeadTemplate`]: its differential fuzz entry and tests.
+//! The upstream codec's use of [`HeadTemplate`](crate::head_template::HeadTemplate): its differential fuzz entry and tests.
 
-use super::codec::{parse_response, Parsed};
-use crate::head_template::HeadTemplate;
+use super::codec::{parse_response, Parsed, ResponseTemplate};
 #[cfg(test)]
 use crate::head_template::{MAX_KEPT_HEAD, MISSES_BEFORE_REPLACE, STALE_BEFORE_REFRESH};
 
@@ -13,12 +12,12 @@ pub fn fuzz_template(data: &[u8]) {
     use bytes::BytesMut;
     use http::Method;
 
-    let mut kept = HeadTemplate::default();
+    let mut kept = ResponseTemplate::default();
     let mut with = BytesMut::from(data);
     let mut without = with.clone();
     for _ in 0..64 {
         let a = parse_response(&mut with, &Method::GET, &mut kept);
-        let b = parse_response(&mut without, &Method::GET, &mut HeadTemplate::default());
+        let b = parse_response(&mut without, &Method::GET, &mut ResponseTemplate::default());
         match (a, b) {
             (Ok(Some(Parsed::Final(a))), Ok(Some(Parsed::Final(b)))) => {
                 assert_eq!((a.status, a.version), (b.status, b.version));
@@ -43,6 +42,7 @@ mod tests {
     use http::Method;
 
     use super::*;
+    use crate::upstream::http1::codec::BodyFraming;
 
     const A: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 02 Dec 2026 11:00:00 GMT\r\n\
         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n";
@@ -51,7 +51,7 @@ mod tests {
         Content-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n";
     const B: &[u8] = b"HTTP/1.1 404 Not Found\r\nServer: nginx\r\ncontent-length: 0\r\n\r\n";
 
-    fn fields(bytes: &[u8], kept: &mut HeadTemplate) -> Vec<(String, String)> {
+    fn fields(bytes: &[u8], kept: &mut ResponseTemplate) -> Vec<(String, String)> {
         match parse_response(&mut BytesMut::from(bytes), &Method::GET, kept) {
             Ok(Some(Parsed::Final(h))) => h
                 .headers
@@ -64,12 +64,12 @@ mod tests {
 
     #[test]
     fn a_matching_head_gets_its_own_values_in_order() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         let first = fields(A, &mut kept);
         assert_eq!(kept.spans.len(), 5, "the first head is kept");
         assert_eq!(fields(A, &mut kept), first);
         let later = fields(A_LATER, &mut kept);
-        assert_eq!(later, fields(A_LATER, &mut HeadTemplate::default()));
+        assert_eq!(later, fields(A_LATER, &mut ResponseTemplate::default()));
         assert_eq!(later[1].1, "Wed, 02 Dec 2026 11:00:01 GMT");
         assert_eq!(later.len(), 5);
         // The map does not hold the connection's read buffer: the template has its own copy.
@@ -78,9 +78,10 @@ mod tests {
 
     #[test]
     fn a_value_that_moved_on_is_taken_into_the_template_and_one_that_always_moves_less_often() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         fields(A, &mut kept);
-        let date = |kept: &HeadTemplate| String::from_utf8_lossy(&kept.head).contains("11:00:01");
+        let date =
+            |kept: &ResponseTemplate| String::from_utf8_lossy(&kept.head).contains("11:00:01");
         for _ in 1..STALE_BEFORE_REFRESH {
             fields(A_LATER, &mut kept);
             assert!(!date(&kept));
@@ -99,7 +100,10 @@ mod tests {
                  Content-Type: application/json\r\nContent-Length: 2\r\nx-request-id: {i:08}\r\n\r\n"
             );
             let got = fields(head.as_bytes(), &mut kept);
-            assert_eq!(got, fields(head.as_bytes(), &mut HeadTemplate::default()));
+            assert_eq!(
+                got,
+                fields(head.as_bytes(), &mut ResponseTemplate::default())
+            );
             if kept.since_kept == 0 && i >= u32::from(MISSES_BEFORE_REPLACE) {
                 refreshes.push(i);
             }
@@ -112,13 +116,51 @@ mod tests {
     }
 
     #[test]
+    fn a_head_repeated_byte_for_byte_is_taken_whole_and_its_framing_follows_the_method() {
+        let mut kept = ResponseTemplate::default();
+        let parse = |kept: &mut ResponseTemplate, buf: &mut BytesMut, method: &Method| {
+            match parse_response(buf, method, kept) {
+                Ok(Some(Parsed::Final(h))) => h,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut buf = BytesMut::from(A);
+        buf.extend_from_slice(b"{}");
+        buf.extend_from_slice(A);
+        buf.extend_from_slice(b"{}");
+        buf.extend_from_slice(A);
+        let first = parse(&mut kept, &mut buf, &Method::GET);
+        assert_eq!(&buf[..2], b"{}");
+        let _ = buf.split_to(2);
+        assert!(kept.repeat(&buf).is_some(), "the kept head is noted");
+        let again = parse(&mut kept, &mut buf, &Method::GET);
+        assert_eq!(&buf[..2], b"{}", "exactly the head was taken off");
+        let _ = buf.split_to(2);
+        assert_eq!(again.framing, first.framing);
+        assert!(again.headers.iter().eq(first.headers.iter()));
+        assert_eq!((again.status, again.version), (first.status, first.version));
+        // The same head answering HEAD has no body.
+        let head = parse(&mut kept, &mut buf, &Method::HEAD);
+        assert_eq!(head.framing, BodyFraming::Empty);
+        assert!(buf.is_empty());
+        // A head that is not the kept one byte for byte is parsed.
+        assert!(kept.repeat(A_LATER).is_none());
+        let mut truncated = BytesMut::from(&A[..A.len() - 1]);
+        assert!(kept.repeat(&truncated).is_none());
+        assert!(matches!(
+            parse_response(&mut truncated, &Method::GET, &mut kept),
+            Ok(None)
+        ));
+    }
+
+    #[test]
     fn another_shape_is_parsed_afresh_and_replaces_the_template_only_when_it_persists() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         fields(A, &mut kept);
         for round in 1..=MISSES_BEFORE_REPLACE {
             assert_eq!(
                 fields(B, &mut kept),
-                fields(B, &mut HeadTemplate::default())
+                fields(B, &mut ResponseTemplate::default())
             );
             let replaced = round == MISSES_BEFORE_REPLACE;
             assert_eq!(
@@ -136,19 +178,19 @@ mod tests {
 
     #[test]
     fn names_differing_only_in_case_are_another_shape() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         fields(B, &mut kept);
         let lower = b"HTTP/1.1 404 Not Found\r\nserver: nginx\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(
             fields(lower, &mut kept),
-            fields(lower, &mut HeadTemplate::default())
+            fields(lower, &mut ResponseTemplate::default())
         );
         assert_eq!(kept.misses, 1);
     }
 
     #[test]
     fn heads_repeating_a_name_or_too_large_are_not_kept() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         let repeated = b"HTTP/1.1 200 OK\r\nVary: a\r\nVary: b\r\ncontent-length: 0\r\n\r\n";
         assert_eq!(fields(repeated, &mut kept).len(), 3);
         assert!(kept.spans.is_empty());
@@ -162,14 +204,14 @@ mod tests {
 
     #[test]
     fn an_invalid_value_in_a_matching_head_is_refused() {
-        let mut kept = HeadTemplate::default();
+        let mut kept = ResponseTemplate::default();
         fields(B, &mut kept);
         let bad = b"HTTP/1.1 404 Not Found\r\nServer: ng\x7fnx\r\ncontent-length: 0\r\n\r\n";
         let with = parse_response(&mut BytesMut::from(&bad[..]), &Method::GET, &mut kept);
         let without = parse_response(
             &mut BytesMut::from(&bad[..]),
             &Method::GET,
-            &mut HeadTemplate::default(),
+            &mut ResponseTemplate::default(),
         );
         assert_eq!(with.unwrap_err(), without.unwrap_err());
     }
