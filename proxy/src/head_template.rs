@@ -87,8 +87,9 @@ pub struct HeadTemplate<O = ()> {
     refresh_after: u16,
     /// Heads since the template was kept.
     pub(crate) since_kept: u32,
-    /// What the codec noted the kept head (these very bytes) parsed to.
-    outcome: Option<O>,
+    /// What the codec noted the kept head (these very bytes) parsed to, and the map it hands
+    /// on for them.
+    outcome: Option<(O, HeaderMap)>,
 }
 
 impl<O> Default for HeadTemplate<O> {
@@ -109,27 +110,35 @@ impl<O> Default for HeadTemplate<O> {
 
 impl<O: Clone> HeadTemplate<O> {
     /// When `buf` starts with the kept head byte for byte and the codec noted what it parsed
-    /// to: the head's length, that outcome and the head's map. The same bytes parse the same
-    /// way (a head ends at its first empty line, whatever follows), so nothing is given up.
+    /// to: the head's length, that outcome and the map the codec noted for it. The same bytes
+    /// parse the same way (a head ends at its first empty line, whatever follows), so nothing
+    /// is given up.
     /// A service answering the same request the same way within a second (a fixed-size body,
     /// a probe, a static file) sends the same head every time.
     pub fn repeat(&mut self, buf: &[u8]) -> Option<(usize, O, HeaderMap)> {
-        let outcome = self.outcome.as_ref()?;
+        let (outcome, map) = self.outcome.as_ref()?;
         let n = self.head.len();
         if buf.get(..n)? != &self.head[..] {
             return None;
         }
-        let outcome = outcome.clone();
+        let found = (n, outcome.clone(), map.clone());
         self.misses = 0;
         self.stale = 0;
         self.since_kept = self.since_kept.saturating_add(1);
-        Some((n, outcome, self.headers.clone()))
+        Some(found)
     }
 
-    /// Notes what `head`, just parsed, came to, if it is the kept head's bytes.
-    pub fn note_outcome(&mut self, head: &[u8], outcome: O) {
+    /// Notes what `head`, just parsed, came to, if it is the kept head's bytes, with the map
+    /// to hand on for it: `map` of the head's fields as parsed (the codec may take out what
+    /// it would remove from every such map before handing it on).
+    pub fn note_outcome(
+        &mut self,
+        head: &[u8],
+        outcome: O,
+        map: impl FnOnce(&HeaderMap) -> HeaderMap,
+    ) {
         if !self.spans.is_empty() && head == &self.head[..] {
-            self.outcome = Some(outcome);
+            self.outcome = Some((outcome, map(&self.headers)));
         }
     }
 }

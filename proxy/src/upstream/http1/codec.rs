@@ -17,7 +17,7 @@ use crate::{
     decimal::Decimal,
     framing_fields::FramingFields,
     head_template::{field_spans, HeadTemplate},
-    headers::GatewayFields,
+    headers::{strip_hop_by_hop, GatewayFields},
 };
 
 /// Longest response head (status line and headers), and longest trailer section, taken from
@@ -229,6 +229,8 @@ pub struct StatusLine {
 pub type ResponseTemplate = HeadTemplate<StatusLine>;
 
 /// Parses the response head at the start of `buf` and takes its bytes off the buffer.
+/// A head repeating the template's byte for byte comes with its hop-by-hop fields already
+/// removed (the caller removes them from every response); others come as sent.
 /// `Ok(None)`: the head is not complete yet. `method` is the request's (a response to HEAD
 /// has no body). `template` is the connection's: the last response's fields, from which this
 /// one's map is built when the names match.
@@ -289,8 +291,14 @@ pub fn parse_response(
         fields,
     };
     let parsed = final_head(line, headers, method)?;
-    // Only a head that parsed to the end is noted, so a repeat of it parses the same way.
-    template.note_outcome(&head, line);
+    // Only a head that parsed to the end is noted, so a repeat of it parses the same way. Its
+    // map is kept without the hop-by-hop fields every response loses before it is forwarded
+    // (`Connection: keep-alive` in nearly every one), so a repeat does not pay to remove them.
+    template.note_outcome(&head, line, |fields| {
+        let mut forwarded = fields.clone();
+        strip_hop_by_hop(&mut forwarded, false);
+        forwarded
+    });
     Ok(Some(parsed))
 }
 
