@@ -201,12 +201,15 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    /// Decodes one whole header block, handing each field to `field` in order. Any error
+    /// Decodes one whole header block, showing each field to `field` in order. Any error
     /// leaves the context unusable: the connection must end (COMPRESSION_ERROR).
+    ///
+    /// By reference: a table entry is lent, and the reader clones what it keeps (a regular
+    /// field's name and `HeaderValue`, a pseudo-header's bytes), not every part of it.
     pub fn decode(
         &mut self,
         block: &Bytes,
-        mut field: impl FnMut(Field),
+        mut field: impl FnMut(&Field),
     ) -> Result<(), HpackError> {
         let mut pos = 0;
         let mut fields_seen = false;
@@ -215,12 +218,12 @@ impl Decoder {
             if first & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let index = integer(block, &mut pos, 7)?;
-                field(self.get(index)?.clone());
+                field(self.get(index)?);
             } else if first & 0x40 != 0 {
                 // Literal with incremental indexing (§6.2.1).
                 let f = self.literal(block, &mut pos, 6)?;
-                self.insert(f.clone());
-                field(f);
+                field(&f);
+                self.insert(f);
             } else if first & 0x20 != 0 {
                 // Dynamic table size update (§6.3): only before the block's first field.
                 if fields_seen {
@@ -236,7 +239,7 @@ impl Decoder {
             } else {
                 // Literal without indexing (§6.2.2) or never indexed (§6.2.3).
                 let f = self.literal(block, &mut pos, 4)?;
-                field(f);
+                field(&f);
             }
             fields_seen = true;
         }
@@ -766,7 +769,8 @@ mod tests {
         let mut block = Vec::new();
         encode_literal(&mut block, b"X-Up", b"1", true, false);
         let mut names = Vec::new();
-        d.decode(&block.into(), |f| names.push(f.name)).unwrap();
+        d.decode(&block.into(), |f| names.push(f.name.clone()))
+            .unwrap();
         assert_eq!(names, vec![Name::Invalid]);
         assert_eq!(d.table.len(), 1);
     }
@@ -795,11 +799,11 @@ mod tests {
         for block in [first, second, third] {
             let mut got = HeaderMap::new();
             let mut status = None;
-            d.decode(&block.into(), |f| match f.name {
+            d.decode(&block.into(), |f| match &f.name {
                 Name::Header(n) => {
-                    got.append(n, f.header.unwrap());
+                    got.append(n.clone(), f.header.clone().unwrap());
                 }
-                Name::Pseudo(Pseudo::Status) => status = Some(f.value),
+                Name::Pseudo(Pseudo::Status) => status = Some(f.value.clone()),
                 other => panic!("{other:?}"),
             })
             .unwrap();

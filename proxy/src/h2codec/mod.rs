@@ -45,7 +45,7 @@ pub fn fuzz_hpack(mut data: &[u8]) {
         data = tail;
         let block = bytes::Bytes::copy_from_slice(chunk);
         let mut fields = Vec::new();
-        if decoder.decode(&block, |f| fields.push(f)).is_err() {
+        if decoder.decode(&block, |f| fields.push(f.clone())).is_err() {
             return;
         }
         let name_of = |f: &hpack::Field| -> Option<Vec<u8>> {
@@ -77,7 +77,7 @@ pub fn fuzz_hpack(mut data: &[u8]) {
         }
         let mut again = Vec::new();
         if let Err(e) = hpack::Decoder::default().decode(&plain.into(), |f| {
-            again.push((name_of(&f).unwrap_or_default(), f.value))
+            again.push((name_of(f).unwrap_or_default(), f.value.clone()))
         }) {
             panic!("literals of decoded fields do not decode: {e}");
         }
@@ -95,11 +95,11 @@ pub fn fuzz_hpack(mut data: &[u8]) {
         encoder.encode(Some(StatusCode::OK), &map, &mut out);
         let mut back = HeaderMap::new();
         let mut status = None;
-        if let Err(e) = follower.decode(&out.into(), |f| match (f.name, f.header) {
+        if let Err(e) = follower.decode(&out.into(), |f| match (&f.name, &f.header) {
             (hpack::Name::Header(h), Some(v)) => {
-                back.append(h, v);
+                back.append(h.clone(), v.clone());
             }
-            (hpack::Name::Pseudo(hpack::Pseudo::Status), _) => status = Some(f.value),
+            (hpack::Name::Pseudo(hpack::Pseudo::Status), _) => status = Some(f.value.clone()),
             (name, _) => panic!("encoder wrote {name:?}"),
         }) {
             panic!("the encoder's block does not decode: {e}");

@@ -79,7 +79,7 @@ impl HeadBuilder {
 
     /// Takes the block's next field. Once the head is refused the rest are only counted:
     /// the block is still decoded to its end, so the compression context stays in step.
-    pub fn field(&mut self, f: Field) {
+    pub fn field(&mut self, f: &Field) {
         self.size += f.size;
         if self.size > self.limit {
             self.refusal = Some(Refusal::TooLarge);
@@ -87,7 +87,7 @@ impl HeadBuilder {
         if self.refusal.is_some() {
             return;
         }
-        match f.name {
+        match &f.name {
             Name::Invalid => self.refuse("invalid_header_name"),
             Name::Pseudo(p) => {
                 if self.trailers {
@@ -108,11 +108,11 @@ impl HeadBuilder {
                 if slot.is_some() {
                     return self.refuse("repeated_pseudo_header");
                 }
-                *slot = Some(f.value);
+                *slot = Some(f.value.clone());
             }
             Name::Header(name) => {
                 self.regular_seen = true;
-                let Some(value) = f.header else {
+                let Some(value) = &f.header else {
                     return self.refuse("invalid_header_value");
                 };
                 let bytes = value.as_bytes();
@@ -121,7 +121,7 @@ impl HeadBuilder {
                 {
                     return self.refuse("header_value_surrounded_by_whitespace");
                 }
-                if is_connection_specific(&name) {
+                if is_connection_specific(name) {
                     return self.refuse("connection_specific_header");
                 }
                 if name == header::TE && bytes != b"trailers" {
@@ -140,7 +140,7 @@ impl HeadBuilder {
                         (Some(n), _) => self.content_length = Some(n),
                     }
                 }
-                self.headers.append(name, value);
+                self.headers.append(name.clone(), value.clone());
             }
         }
     }
@@ -248,7 +248,7 @@ mod tests {
     fn build(fields: &[(&str, &str)]) -> Result<(Parts, Option<u64>), Refusal> {
         let mut b = HeadBuilder::request(1024, 0);
         for (n, v) in fields {
-            b.field(field(n, v));
+            b.field(&field(n, v));
         }
         b.finish_request(&mut None)
     }
@@ -316,9 +316,9 @@ mod tests {
         );
         let mut big = HeadBuilder::request(100, 0);
         for (n, v) in BASE {
-            big.field(field(n, v));
+            big.field(&field(n, v));
         }
-        big.field(field("x-long", &"a".repeat(100)));
+        big.field(&field("x-long", &"a".repeat(100)));
         assert_eq!(
             big.finish_request(&mut None).unwrap_err(),
             Refusal::TooLarge

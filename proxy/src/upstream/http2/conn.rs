@@ -636,14 +636,14 @@ impl ClientConn {
                     malformed = Some("response_headers_too_large");
                     return;
                 }
-                match f.name {
+                match &f.name {
                     Name::Pseudo(Pseudo::Status) if status.is_none() && headers.is_empty() => {
-                        status = Some(f.value)
+                        status = Some(f.value.clone())
                     }
                     Name::Pseudo(_) | Name::Invalid => malformed = Some("malformed_response_head"),
-                    Name::Header(name) => match f.header {
-                        Some(v) if !is_connection_specific(&name) => {
-                            headers.append(name, v);
+                    Name::Header(name) => match &f.header {
+                        Some(v) if !is_connection_specific(name) => {
+                            headers.append(name.clone(), v.clone());
                         }
                         _ => malformed = Some("malformed_response_head"),
                     },
