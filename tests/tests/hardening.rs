@@ -238,15 +238,7 @@ async fn names_that_never_answer_add_no_metric_series() {
     );
 }
 
-// Ignored since 2026-12-07: on this machine's current kernel (6.18.44-fc-v1300) the HTTP/2
-// caller that leaves with 100 flow-control-blocked streams stays counted in
-// `tcp_open_connections` for over 70 s after its socket has closed (its connection context
-// outlives the connection), so the final count is 2, not 1. It fails the same way at e7403c1,
-// before the sixth round's changes, and passed on the earlier kernel (CI of stop 21). The
-// memory bounds it checks still hold in every run. Run it with `--ignored`; see README
-// "Known issues".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: an HTTP/2 connection left with flow-blocked streams stays counted open; README Known issues"]
 async fn slow_readers_cost_bounded_memory_over_http2_and_http1() {
     let _turn = serial().await;
     let fx = Fixture::new();

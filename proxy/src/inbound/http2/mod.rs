@@ -296,7 +296,14 @@ where
     fn close(&mut self, error: Option<Http2Error>) {
         if let Some(e) = &error {
             metrics::http_error(e.reason());
-            if !matches!(e, Http2Error::Io(_)) {
+            if matches!(e, Http2Error::Io(_)) {
+                // The socket failed: nothing queued can reach the caller, and waiting to
+                // write it would wait for a readiness the dead socket never reports again
+                // (a caller that left with streams blocked on flow control kept its
+                // connection, and everything the connection held, for good).
+                self.out.clear();
+                self.sent = 0;
+            } else {
                 frame::put_goaway(&mut self.out, self.conn.last_stream(), e.code(), e.reason());
             }
         }
@@ -415,7 +422,10 @@ where
                 if this.sent < this.out.len() {
                     return Poll::Pending;
                 }
-                let _ = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+                // A failed socket is not shut down (that is a write too): dropping it closes it.
+                if !matches!(error, Some(Http2Error::Io(_))) {
+                    let _ = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+                }
                 let error = error.take();
                 this.state = State::Done;
                 return Poll::Ready(error.map_or(Ok(()), Err));
