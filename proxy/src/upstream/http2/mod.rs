@@ -37,6 +37,8 @@ use crate::{
     routing::Endpoint,
 };
 
+/// How long a closing connection's TLS shutdown may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// What Linkerd peers do: a PING every 10 s, the connection given up 3 s after an unanswered one.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -249,7 +251,13 @@ async fn drive(mut io: UpstreamIo, conn: Conn, addr: SocketAddr) {
         }
     })
     .await;
-    let _ = poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await;
+    // Bounded: after a failed write the socket may never report writability again, and a
+    // shutdown (a TLS close_notify, a write) would hold this task and its socket for good.
+    let _ = tokio::time::timeout(
+        SHUTDOWN_GRACE,
+        poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)),
+    )
+    .await;
     if let Some(why) = ended {
         tracing::debug!(%addr, reason = why, "upstream HTTP/2 connection ended");
     }
