@@ -137,7 +137,8 @@ impl<O: Clone> HeadTemplate<O> {
         outcome: O,
         map: impl FnOnce(&HeaderMap) -> HeaderMap,
     ) {
-        if !self.spans.is_empty() && head == &self.head[..] {
+        // Noted once per kept head: once it is, a repeat never reaches the parser again.
+        if self.outcome.is_none() && !self.spans.is_empty() && head == &self.head[..] {
             self.outcome = Some((outcome, map(&self.headers)));
         }
     }
