@@ -6,6 +6,9 @@ use std::time::Duration;
 pub struct ProcSample {
     /// user + system CPU time, in seconds.
     pub cpu_seconds: f64,
+    /// The system (kernel) part of it: on loopback the TCP stack, both ends' share of each
+    /// send included, weighs as much as a proxy's own work.
+    pub system_seconds: f64,
     pub rss_bytes: u64,
 }
 
@@ -35,6 +38,7 @@ pub fn sample(pid: u32, ticks: f64) -> Option<ProcSample> {
         .unwrap_or(0);
     Some(ProcSample {
         cpu_seconds: (utime + stime) / ticks,
+        system_seconds: stime / ticks,
         rss_bytes: rss_kb * 1024,
     })
 }
@@ -72,15 +76,20 @@ impl Sampler {
         }
     }
 
-    /// CPU seconds used in the window, and the peak RSS.
-    pub fn finish(&mut self) -> (f64, u64) {
+    /// CPU seconds used in the window (all, and the system part), and the peak RSS.
+    pub fn finish(&mut self) -> (f64, f64, u64) {
         self.tick();
         let end = sample(self.pid, self.ticks).unwrap_or_default();
-        let cpu = self
+        let (cpu, system) = self
             .start
-            .map(|s| end.cpu_seconds - s.cpu_seconds)
-            .unwrap_or(0.0);
-        (cpu.max(0.0), self.peak_rss)
+            .map(|s| {
+                (
+                    end.cpu_seconds - s.cpu_seconds,
+                    end.system_seconds - s.system_seconds,
+                )
+            })
+            .unwrap_or((0.0, 0.0));
+        (cpu.max(0.0), system.max(0.0), self.peak_rss)
     }
 
     pub const INTERVAL: Duration = Duration::from_millis(100);

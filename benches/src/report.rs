@@ -20,6 +20,8 @@ pub struct Latency {
 pub struct TargetProcess {
     pub pid: u32,
     pub cpu_seconds: f64,
+    /// The system (kernel) part of `cpu_seconds`.
+    pub system_cpu_seconds: f64,
     pub cpu_seconds_per_1000_requests: f64,
     pub peak_rss_bytes: u64,
 }

@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::{metrics::UpstreamConnMetrics, watchdog::Activity};
+use crate::{metrics::UpstreamConnMetrics, socket::Socket, watchdog::Activity};
 
 /// What a [`Metered`] stream reports its bytes to.
 pub trait Meter {
@@ -35,7 +35,7 @@ pub type CountingIo<T> = Metered<T, CallerMeter>;
 
 /// A connection to an endpoint, counted in the outbound `tcp_*` families for as long as it
 /// lives (its gauge and close count are kept by the metrics it owns).
-pub type MeteredTcp = Metered<tokio::net::TcpStream, UpstreamConnMetrics>;
+pub type MeteredTcp = Metered<Socket, UpstreamConnMetrics>;
 
 /// Before counters are attached (the TLS handshake, when the caller's identity, and so the
 /// labels, are not known yet) it keeps running totals.
@@ -96,7 +96,7 @@ impl Meter for CallerMeter {
 impl MeteredTcp {
     pub fn new(inner: tokio::net::TcpStream, metrics: UpstreamConnMetrics) -> Self {
         Self {
-            inner,
+            inner: Socket::from(inner),
             meter: metrics,
         }
     }

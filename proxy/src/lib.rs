@@ -44,6 +44,7 @@ pub mod outbound;
 mod policy;
 mod quota;
 pub mod routing;
+mod socket;
 mod splice;
 pub mod tap;
 mod tls;

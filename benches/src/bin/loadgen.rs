@@ -239,10 +239,11 @@ async fn main_async(cli: Cli) -> anyhow::Result<bool> {
     let requests = stats.ok + stats.errors.total();
     let target_process = match (sampler.as_mut(), cli.pid) {
         (Some(s), Some(pid)) => {
-            let (cpu, rss) = s.finish();
+            let (cpu, system, rss) = s.finish();
             Some(TargetProcess {
                 pid,
                 cpu_seconds: cpu,
+                system_cpu_seconds: system,
                 cpu_seconds_per_1000_requests: if stats.ok > 0 {
                     cpu / (stats.ok as f64 / 1000.0)
                 } else {

@@ -30,6 +30,7 @@ use crate::{
     listener::{Accepted, ConnPermit},
     log_limit,
     metrics::{self, ConnMetrics},
+    socket::Socket,
     tls::{self, FirstByte},
     watchdog::Activity,
 };
@@ -96,7 +97,7 @@ impl Inbound {
                 }
             }
             tls::accept_caller(
-                CountingIo::new(tcp, activity.clone()),
+                CountingIo::new(Socket::from(tcp), activity.clone()),
                 self.tls.clone(),
                 &gw.identity,
                 self.handshake_timeout,

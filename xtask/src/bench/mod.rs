@@ -46,6 +46,14 @@ const REQUEST_HEADERS: &[&str] = &[
     "-H",
     "traceparent:00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
 ];
+// The contract's per-request work: what `linkerd-contract.md` asks of a gateway on every
+// request beyond routing, which nginx and haproxy are configured to do as the gateway does,
+// so that all three send the service the same head: a request whose `Forwarded` names this
+// gateway (`by=`) is a loop and refused with 508; `l5d-client-id` set to the caller's
+// identity; `Forwarded: by=<gateway>;for=<caller>;host=<name>;proto=https` appended; and
+// `l5d-dst-canonical` set to the service's name and port. (Runs before 2026-12-07 left them
+// out for the peers, which then sent the service 268 bytes per request against the gateway's
+// 625.)
 const PROXY_CORE: &str = "1";
 const CLIENT_CORE: &str = "0";
 
@@ -273,6 +281,8 @@ fn start_nginx(e: &Env) -> anyhow::Result<(Proc, u32)> {
             ),
         ),
     };
+    // `if` takes a regular expression: the identity's dots escaped.
+    let loop_by = GATEWAY_ID.replace('.', "\\.");
     let conf = format!(
         r#"user root;
 worker_processes 1;
@@ -290,6 +300,9 @@ http {{
   # Idle upstream connections kept: as many as the gateway keeps per endpoint (256), more
   # than the 100 requests in flight of the HTTP/2 scenarios, so none is opened per request.
   upstream backend {{ server {upstream}; keepalive 256; }}
+  # The caller's identity: the bench PKI names it in the leaf's CN as well as its SAN.
+  map $ssl_client_s_dn $l5d_client_id {{ ~CN=(?<cn>[^,]+) $cn; default ""; }}
+  map $http_forwarded $forwarded_before {{ "" ""; default "$http_forwarded, "; }}
   server {{
     listen 127.0.0.1:{port} ssl http2;
     server_name web-svc.emojivoto.svc.cluster.local;
@@ -304,9 +317,14 @@ http {{
     http2_max_requests 100000000;
     location / {{
       {pass}
+      # The contract's per-request work, as the gateway does it (see xtask's bench module).
+      if ($http_forwarded ~ "by={loop_by}") {{ return 508; }}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
+      proxy_set_header l5d-client-id $l5d_client_id;
+      proxy_set_header l5d-dst-canonical {AUTHORITY};
+      proxy_set_header Forwarded "${{forwarded_before}}by={GATEWAY_ID};for=$l5d_client_id;host=$host;proto=https";
       proxy_buffering off;
     }}
   }}
@@ -375,6 +393,13 @@ defaults
 frontend fe
   bind 127.0.0.1:{port} ssl crt {d}/haproxy.pem ca-file {d}/root.crt verify required alpn h2,http/1.1 ssl-min-ver TLSv1.3
   http-request return status 404 content-type text/plain string "bad gateway domain" unless {{ req.hdr(host),field(1,:) -i web-svc.emojivoto.svc.cluster.local }}
+  # The contract's per-request work, as the gateway does it (see xtask's bench module); the
+  # bench PKI names the caller in the leaf's CN as well as its SAN.
+  http-request return status 508 content-type text/plain string "gateway loop" if {{ req.hdr(forwarded) -m sub by={GATEWAY_ID} }}
+  http-request set-var(txn.client_id) ssl_c_s_dn(CN)
+  http-request set-header l5d-client-id %[var(txn.client_id)]
+  http-request set-header l5d-dst-canonical {AUTHORITY}
+  http-request add-header forwarded by={GATEWAY_ID};for=%[var(txn.client_id)];host=%[req.hdr(host),field(1,:)];proto=https
   default_backend be
 backend be
   http-reuse always
@@ -458,6 +483,20 @@ fn loadgen(
             )
         })?;
     Ok(report)
+}
+
+/// Microseconds of the proxy's CPU per request in one run: its kernel time (`system`) or the
+/// rest (user space).
+fn per_request_us(run: &Value, system: bool) -> f64 {
+    let requests = f(run, &["requests_per_second"]) * f(run, &["measured_seconds"]);
+    let all = f(run, &["target_process", "cpu_seconds"]);
+    let sys = f(run, &["target_process", "system_cpu_seconds"]);
+    let part = if system { sys } else { all - sys };
+    if requests > 0.0 {
+        part / requests * 1e6
+    } else {
+        0.0
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -721,6 +760,9 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
             "requests_per_proxy_cpu_second": if cpu > 0.0 { rps * secs / cpu } else { 0.0 },
             "bytes_per_proxy_cpu_second": if cpu > 0.0 { m(&["bytes_per_second"]) * secs / cpu } else { 0.0 },
             "cpu_seconds_per_1000_requests": m(&["target_process", "cpu_seconds_per_1000_requests"]),
+            // Per request, medians of the runs' own ratios: user space, and the kernel.
+            "user_us_per_request": median(runs.iter().map(|r| per_request_us(r, false)).collect()),
+            "system_us_per_request": median(runs.iter().map(|r| per_request_us(r, true)).collect()),
             "spectrum": spectrum,
             "runs": runs,
         });
@@ -942,6 +984,27 @@ fn table(doc: &Value) -> String {
             "-".into()
         }
     };
+    // Where a proxy's CPU per request goes: its own code (user) and the kernel's TCP work on
+    // its behalf (system); the ratios are the gateway's to the peer's, user / system.
+    let split_row = |label: &str, id: &str| {
+        let us = |t: &str| {
+            (
+                v(id, t, "user_us_per_request"),
+                v(id, t, "system_us_per_request"),
+            )
+        };
+        let (g, n, h) = (us("gateway"), us("nginx"), us("haproxy"));
+        let cell = |(u, s): (f64, f64)| format!("{u:.2} + {s:.2}");
+        let ratios = |(pu, ps): (f64, f64)| format!("{} / {}", ratio(g.0, pu), ratio(g.1, ps));
+        format!(
+            "| {label} | µs proxy CPU per request, user + system | {} | {} | {} | - | {} | {} |\n",
+            cell(g),
+            cell(n),
+            cell(h),
+            ratios(n),
+            ratios(h)
+        )
+    };
     let mut md = String::new();
     let ver = &doc["versions"];
     md += &format!(
@@ -1003,6 +1066,7 @@ fn table(doc: &Value) -> String {
                     1.0,
                     &int,
                 );
+                md += &split_row(&format!("({id}) {what}"), id);
             }
         }
     }
@@ -1048,6 +1112,7 @@ fn table(doc: &Value) -> String {
         }
         md += &proxies_row(id, what, "req/s", "requests_per_second");
         md += &proxies_row(id, what, "req/s per proxy CPU-s", "requests_per_proxy_cpu_second");
+        md += &split_row(what, id);
     }
     md += &format!(
         "| (h) the gateway with HTTP/2 in, like the peers | req/s | {:.0} (per proxy CPU-s: {:.0}: {} haproxy's) | | | | | |\n",

@@ -52,32 +52,6 @@ pub fn ensure() -> Option<String> {
     }
 }
 
-/// CPU-seconds `pid` has used so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // The fields after the command name, which may itself hold spaces.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0)
-}
-
 /// One oha run of `duration` against the proxy on `port` (whose worker is `pid`), 64
 /// keep-alive connections; returns a report shaped like loadgen's where the bench reads it.
 pub fn run(
@@ -108,9 +82,10 @@ pub fn run(
             c.args([*flag, &format!("{name}: {value}")]);
         }
     }
-    let before = cpu_seconds(pid);
+    let mut sampler = bench::procstat::Sampler::new(pid)?;
+    sampler.start();
     let out = c.output().context("running oha")?;
-    let cpu = cpu_seconds(pid) - before;
+    let (cpu, system, _) = sampler.finish();
     let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "oha gave no report: {}",
@@ -133,7 +108,7 @@ pub fn run(
         "measured_seconds": total,
         "bytes_per_second": summary["sizePerSec"].as_f64().unwrap_or(0.0),
         "latency_us": {"p50": ms("p50"), "p99": ms("p99"), "p999": ms("p99.9")},
-        "target_process": {"cpu_seconds": cpu},
+        "target_process": {"cpu_seconds": cpu, "system_cpu_seconds": system},
         "errors": {"status": ((1.0 - success) * rps * total).round()},
     }))
 }
