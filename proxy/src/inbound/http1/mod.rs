@@ -52,7 +52,8 @@ use crate::{body::CallerBody, chunked, head_template::HeadTemplate, metrics};
 
 /// How much is read at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// How much a connection's first read takes: most request heads fit.
+/// How much a connection's first read takes (on the stack, then into a buffer of this size):
+/// most request heads fit.
 const FIRST_READ: usize = 1024;
 /// Response data up to this size is copied behind the head (or the previous frame) to leave
 /// in the same write; larger frames are written as they are.
@@ -318,15 +319,24 @@ async fn read_head<IO: AsyncRead + Unpin>(
             Err(e) => return Ok(Some(Err(e))),
             Ok(None) => {}
         }
-        // A connection's first read gets a small buffer: an idle connection that never sends a
-        // request (thousands of them, in a flood) holds no more than that.
+        // A connection's first read lands on the stack (see `poll_first_read`); later ones
+        // go straight into the buffer.
         let first = buf.capacity() == 0;
-        buf.reserve(if first { FIRST_READ } else { READ_CHUNK });
+        if !first {
+            buf.reserve(READ_CHUNK);
+        }
         let n = if buf.is_empty() {
+            let read = poll_fn(|cx| {
+                if first {
+                    poll_first_read(&mut *io, buf, cx)
+                } else {
+                    tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)
+                }
+            });
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Ok(None),
-                read = io.read_buf(buf) => read?,
+                read = read => read?,
             }
         } else {
             let deadline = *deadline
@@ -343,13 +353,34 @@ async fn read_head<IO: AsyncRead + Unpin>(
                 Err(ServeError::IncompleteHead)
             };
         }
-        if first && buf.len() == buf.capacity() {
+        if first && n == FIRST_READ {
             // The caller sent more than the small first read took: what has already arrived
             // is read now, so that the head and the body's start are taken as one.
             buf.reserve(READ_CHUNK);
             let _ = io.read_buf(buf).now_or_never();
         }
     }
+}
+
+/// A connection's first read: onto the stack, then into a buffer sized for what came. The
+/// buffer is made only once bytes have arrived, so an idle connection that has not sent a
+/// request (thousands of them, in a flood or a pool a caller keeps warm) holds none: 1 KiB
+/// less per idle connection. The landing array lives only for one poll, not in the
+/// connection's future.
+fn poll_first_read<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut landing = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+    let mut read = tokio::io::ReadBuf::uninit(&mut landing);
+    std::task::ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    let got = read.filled();
+    if !got.is_empty() {
+        buf.reserve(FIRST_READ);
+        buf.extend_from_slice(got);
+    }
+    Poll::Ready(Ok(got.len()))
 }
 
 /// Waits for the handler's response while reading on, so that a caller who goes away drops
