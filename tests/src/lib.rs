@@ -371,7 +371,14 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 /// - `/slow?ms=N`: answers after N ms;
 /// - `/ws`: a 101 upgrade that echoes bytes back.
 pub async fn backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    // A server's accept queue, not tokio's default of 128: a test that sends 200 requests at
+    // once makes the gateway dial 200 connections, and a SYN dropped from a full queue is
+    // retried only after a second, past the gateway's 1 s connect timeout (a 504).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1024).expect("listen");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
