@@ -364,6 +364,18 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
+/// A test server's listener, with a server's accept queue rather than tokio's default of 128:
+/// a test that sends 200 requests at once makes the gateway dial 200 connections, and a SYN
+/// dropped from a full queue is retried only after a second, past the gateway's 1 s connect
+/// timeout (a 504). Reuses the address, as `TcpListener::bind` does, so a restarted backend
+/// gets its port back.
+pub fn server_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// The stand-in for `web-svc`: answers on HTTP/1.1 and HTTP/2 (prior knowledge).
 /// - `/echo`: the request line and the headers the gateway is responsible for;
 /// - `POST /upload`: the number of body bytes received (streamed, not buffered);
@@ -371,14 +383,7 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 /// - `/slow?ms=N`: answers after N ms;
 /// - `/ws`: a 101 upgrade that echoes bytes back.
 pub async fn backend() -> SocketAddr {
-    // A server's accept queue, not tokio's default of 128: a test that sends 200 requests at
-    // once makes the gateway dial 200 connections, and a SYN dropped from a full queue is
-    // retried only after a second, past the gateway's 1 s connect timeout (a 504).
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind");
-    let listener = socket.listen(1024).expect("listen");
+    let listener = server_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {

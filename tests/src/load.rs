@@ -47,7 +47,7 @@ impl Drop for Live {
 
 impl Backend {
     pub async fn start(addr: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let listener = crate::server_listener(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let (kill, killed) = tokio::sync::watch::channel(false);
         let in_flight = Arc::new(AtomicUsize::new(0));

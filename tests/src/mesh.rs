@@ -8,10 +8,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use identity::Pki;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the workload answers with: `sni=<sni>;client=<client identity>;version=<HTTP
 /// version>;orig_proto=<l5d-orig-proto>;l5d_client_id=<header>` for HTTP, and for an opaque
@@ -35,7 +32,7 @@ impl MeshedWorkload {
             identity::tls::server_config(store, &pki.anchors().expect("anchors"), alpn)
                 .expect("server config"),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = crate::server_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
