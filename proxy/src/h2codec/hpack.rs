@@ -382,11 +382,35 @@ enum Key {
     Header(HeaderName),
 }
 
-impl Key {
+/// A field's name as the encoder is handed it: borrowed, so that a field written at the same
+/// position as in the last block (nearly every field of a connection's heads) costs no clone
+/// of its name, which for a custom name is a reference count taken and given back.
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Pseudo(usize),
+    Header(&'a HeaderName),
+}
+
+impl KeyRef<'_> {
     fn as_bytes(&self) -> &[u8] {
         match self {
-            Key::Pseudo(i) => STATIC[i - 1].0.as_bytes(),
-            Key::Header(h) => h.as_str().as_bytes(),
+            KeyRef::Pseudo(i) => STATIC[i - 1].0.as_bytes(),
+            KeyRef::Header(h) => h.as_str().as_bytes(),
+        }
+    }
+
+    fn is(&self, key: &Key) -> bool {
+        match (self, key) {
+            (KeyRef::Pseudo(a), Key::Pseudo(b)) => a == b,
+            (KeyRef::Header(a), Key::Header(b)) => *a == b,
+            _ => false,
+        }
+    }
+
+    fn to_owned(self) -> Key {
+        match self {
+            KeyRef::Pseudo(i) => Key::Pseudo(i),
+            KeyRef::Header(h) => Key::Header(h.clone()),
         }
     }
 }
@@ -429,9 +453,9 @@ impl Default for Encoder {
 }
 
 /// Fields never put in the table: secrets.
-fn never_index(key: &Key, sensitive: bool) -> bool {
+fn never_index(key: KeyRef<'_>, sensitive: bool) -> bool {
     sensitive
-        || matches!(key, Key::Header(n) if n == header::SET_COOKIE || n == header::AUTHORIZATION || n == header::COOKIE || n == header::PROXY_AUTHORIZATION)
+        || matches!(key, KeyRef::Header(n) if n == header::SET_COOKIE || n == header::AUTHORIZATION || n == header::COOKIE || n == header::PROXY_AUTHORIZATION)
 }
 
 /// Longest field the encoder adds to the table: larger ones would evict everything.
@@ -500,14 +524,7 @@ impl Encoder {
             "GET" => out.push(0x82),
             "POST" => out.push(0x83),
             m => {
-                self.field(
-                    position,
-                    Key::Pseudo(METHOD),
-                    METHOD,
-                    m.as_bytes(),
-                    false,
-                    out,
-                );
+                self.field(position, KeyRef::Pseudo(METHOD), m.as_bytes(), false, out);
                 position += 1;
             }
         }
@@ -523,8 +540,7 @@ impl Encoder {
         if let Some(a) = authority {
             self.field(
                 position,
-                Key::Pseudo(AUTHORITY),
-                AUTHORITY,
+                KeyRef::Pseudo(AUTHORITY),
                 a.as_bytes(),
                 false,
                 out,
@@ -534,14 +550,7 @@ impl Encoder {
         if path == "/" {
             out.push(0x84);
         } else {
-            self.field(
-                position,
-                Key::Pseudo(PATH),
-                PATH,
-                path.as_bytes(),
-                false,
-                out,
-            );
+            self.field(position, KeyRef::Pseudo(PATH), path.as_bytes(), false, out);
             position += 1;
         }
         let position = self.headers(position, headers, out);
@@ -554,14 +563,9 @@ impl Encoder {
             if is_connection_specific(name) {
                 continue;
             }
-            let static_name = match self.last.get(position) {
-                Some(w) if matches!(&w.key, Key::Header(n) if n == name) => w.static_name,
-                _ => static_name_index(name).unwrap_or(0),
-            };
             self.field(
                 position,
-                Key::Header(name.clone()),
-                static_name,
+                KeyRef::Header(name),
                 value.as_bytes(),
                 value.is_sensitive(),
                 out,
@@ -574,23 +578,30 @@ impl Encoder {
     fn field(
         &mut self,
         position: usize,
-        key: Key,
-        static_name: usize,
+        key: KeyRef<'_>,
         value: &[u8],
         sensitive: bool,
         out: &mut Vec<u8>,
     ) {
-        if let Some(w) = self.last.get(position) {
-            if w.key == key && &w.value[..] == value {
-                if let Some(index) = w.entry.and_then(|e| self.index_of(e)) {
-                    put_integer(out, 0x80, 7, index);
-                    return;
+        let static_name = match self.last.get(position) {
+            Some(w) if key.is(&w.key) => {
+                if &w.value[..] == value {
+                    if let Some(index) = w.entry.and_then(|e| self.index_of(e)) {
+                        put_integer(out, 0x80, 7, index);
+                        return;
+                    }
                 }
+                // The same name as last time: its static index needs no lookup.
+                w.static_name
             }
-        }
+            _ => match key {
+                KeyRef::Pseudo(i) => i,
+                KeyRef::Header(name) => static_name_index(name).unwrap_or(0),
+            },
+        };
         let name = key.as_bytes();
         let size = name.len() + value.len() + ENTRY_OVERHEAD;
-        let entry = if never_index(&key, sensitive) {
+        let entry = if never_index(key, sensitive) {
             put_integer(out, 0x10, 4, static_name);
             None
         } else if size <= MAX_INDEXED_FIELD && size <= self.max_size {
@@ -605,7 +616,7 @@ impl Encoder {
         }
         put_string(out, value);
         let written = Written {
-            key,
+            key: key.to_owned(),
             value: Bytes::copy_from_slice(value),
             entry,
             static_name,
