@@ -137,8 +137,9 @@ impl Admin {
                 None => text(StatusCode::NOT_FOUND, ""),
             },
             _ => {
-                let mut r =
-                    Response::new(Full::new(Bytes::from(self.metrics.render())).boxed_unsync());
+                let mut r = Response::new(
+                    Full::new(Bytes::from(crate::metrics::render(&self.metrics))).boxed_unsync(),
+                );
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; version=0.0.4"),

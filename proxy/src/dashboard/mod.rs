@@ -256,7 +256,7 @@ impl Dashboard {
             }
             let rendered = {
                 let _render = self.renders.acquire().await;
-                self.metrics.render()
+                crate::metrics::render(&self.metrics)
             };
             let samples = scrape::parse(&rendered);
             drop(rendered);

@@ -31,10 +31,11 @@ fn tcp_handles(base: &[Label], peer: &'static str) -> (Gauge, Counter, Counter) 
     let (n, l) = tcp("tcp_open_connections");
     let open = gauge!(n, l);
     open.increment(1.0);
+    // Updated on every read and write: see `series`.
     let (n, l) = tcp("tcp_read_bytes_total");
-    let read = counter!(n, l);
+    let read = super::series::counter(n, &l);
     let (n, l) = tcp("tcp_write_bytes_total");
-    let write = counter!(n, l);
+    let write = super::series::counter(n, &l);
     (open, read, write)
 }
 

@@ -11,7 +11,9 @@ use std::{
 };
 
 use identity::Identity;
-use metrics::{counter, histogram, Counter, Histogram, Label};
+use metrics::{Counter, Histogram, Label};
+
+use super::series;
 
 /// Labels one endpoint gives the outbound families: made once when the endpoint is named (by
 /// discovery or a route), shared by every request and connection to it.
@@ -125,12 +127,12 @@ impl Side {
         labels.extend(base.next());
         labels.push(Label::new("authority", authority.to_string()));
         labels.extend(base);
-        let requests = counter!("request_total", labels.clone());
+        let requests = series::counter("request_total", &labels);
         labels.push(Label::new("status_code", status.to_string()));
-        let latency = histogram!("response_latency_ms", labels.clone());
-        let success = counter!(
+        let latency = series::latency("response_latency_ms", &labels);
+        let success = series::counter(
             "response_total",
-            Self::classified(&labels, true, None, None)
+            &Self::classified(&labels, true, None, None),
         );
         Self {
             labels,
@@ -169,21 +171,21 @@ impl Side {
             } if success => self
                 .grpc_ok
                 .get_or_init(|| {
-                    counter!(
+                    series::counter(
                         "response_total",
-                        Self::classified(&self.labels, true, Some(0), None)
+                        &Self::classified(&self.labels, true, Some(0), None),
                     )
                 })
                 .increment(1),
             // Failures are rare enough to look their series up each time.
-            Outcome::Ended { grpc_status } => counter!(
+            Outcome::Ended { grpc_status } => series::counter(
                 "response_total",
-                Self::classified(&self.labels, success, grpc_status, None)
+                &Self::classified(&self.labels, success, grpc_status, None),
             )
             .increment(1),
-            Outcome::Failed(error) => counter!(
+            Outcome::Failed(error) => series::counter(
                 "response_total",
-                Self::classified(&self.labels, false, None, Some(error))
+                &Self::classified(&self.labels, false, None, Some(error)),
             )
             .increment(1),
         }

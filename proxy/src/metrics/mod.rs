@@ -4,12 +4,13 @@
 //! never from raw request input, so callers cannot grow the label space at will.
 
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::errors::{ConnError, ConnErrorFamily};
 
 mod conn;
 mod http;
+mod series;
 
 pub use conn::{ConnMetrics, UpstreamConnMetrics};
 pub use http::{EndpointLabels, ExchangeHandles, Outcome};
@@ -20,23 +21,20 @@ pub const LATENCY_BUCKETS_MS: [f64; 25] = [
     1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
 
-/// Installs the global recorder; the returned handle renders `/metrics`.
+/// Installs the global recorder; the returned handle renders `/metrics` with [`render`].
+///
+/// The exporter holds no histogram (the one latency family lives in [`series`]), so it needs
+/// no upkeep task to fold samples.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("response_latency_ms".into()),
-            &LATENCY_BUCKETS_MS,
-        )?
-        .install_recorder()?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
+    Ok(PrometheusBuilder::new().install_recorder()?)
+}
+
+/// Everything `/metrics` shows: the exporter's families, then those the data plane updates
+/// per request and per read and write.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    series::render_into(&mut text);
+    text
 }
 
 pub fn http_error(error: &'static str) {
