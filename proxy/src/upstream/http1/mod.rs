@@ -55,101 +55,107 @@ type ReqBody = CallerBody;
 /// Sends `req` to the endpoint over an idle connection from its pool (or a new one) and waits
 /// for response headers. The body of the response drives the connection and returns it to
 /// the pool when it has been read to the end.
-pub(super) async fn send(
-    shared: &Arc<Shared>,
-    endpoint: &Arc<Endpoint>,
+///
+/// Not an `async fn`, which would keep the request twice in its future (as passed, and taken
+/// apart in its body); this future is part of every request's on its way to a service.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn send<'a>(
+    shared: &'a Arc<Shared>,
+    endpoint: &'a Arc<Endpoint>,
     req: Request<CallerBody>,
-    added: &GatewayFields,
-) -> Result<Response<UpstreamBody>, SendError> {
-    let (pool, addr) = (&endpoint.pool, endpoint.addr);
+    added: &'a GatewayFields,
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     let (parts, body) = req.into_parts();
-    let bodiless = body.is_end_stream();
-    let framing = RequestFraming::choose(
-        &parts.method,
-        &parts.headers,
-        bodiless,
-        body.size_hint().exact(),
-    );
-    // The caller's body, until an attempt takes it to write.
-    let mut body = Some(body);
-    let mut stale = 0;
-    let mut replayed = false;
-    loop {
-        let pooled = if stale < MAX_STALE_RETRIES {
-            pool.http1.checkout(shared.cfg.idle_timeout)
-        } else {
-            None
-        };
-        let reused = pooled.is_some();
-        let (mut conn, idle) = match pooled {
-            Some(c) => c,
-            // Boxed: connecting is the cold path, and its future would otherwise enlarge
-            // every request's future, which HTTP/2 callers' streams copy into a task each.
-            None => match Box::pin(connect(shared, endpoint)).await {
-                Ok(c) => (c, Duration::ZERO),
-                // Nothing was sent: the request may go to another endpoint.
-                Err(error) => {
-                    return Err(SendError {
-                        error,
-                        unsent: body.map(|b| Box::new(Request::from_parts(parts, b))),
-                    })
-                }
-            },
-        };
-        // A connection idle for a while may be closed by the server just as the request is
-        // written to it; an idempotent request without a body is then sent once more.
-        let replayable = !replayed
-            && reused
-            && idle >= REPLAY_AFTER_IDLE
-            && bodiless
-            && idempotent(&parts.method);
-        let mut out = Outgoing::new(
-            codec::encode_request_head(&parts, framing, added),
-            if bodiless { None } else { body.take() },
-            framing,
+    async move {
+        let (pool, addr) = (&endpoint.pool, endpoint.addr);
+        let bodiless = body.is_end_stream();
+        let framing = RequestFraming::choose(
+            &parts.method,
+            &parts.headers,
+            bodiless,
+            body.size_hint().exact(),
         );
-        match exchange(&mut conn, &mut out, &parts.method).await {
-            Ok(mut resp) => {
-                // A request cut short cannot leave the connection at a message boundary.
-                resp.keep_alive &= !out.abandoned;
-                let lease = Lease {
-                    conn,
-                    pool: pool.clone(),
-                    shared: shared.clone(),
-                };
-                let request_left = (!out.done).then(|| Box::new(out));
-                return Ok(response(resp, lease, request_left));
-            }
-            Err(e) => {
-                if body.is_none() {
-                    body = out.take_untouched_body();
-                }
-                match e {
-                    // The server closed an idle connection as we picked it: the request never
-                    // left, so it is safe to send on another.
-                    ExchangeError::Unsent(_) if reused => {
-                        tracing::debug!(%addr, error = %e, "pooled connection was closed; retrying");
-                        stale += 1;
-                    }
-                    // It left, and the connection closed before an answer: an idempotent
-                    // request goes once more, on another connection.
-                    ExchangeError::NoResponse if replayable => {
-                        tracing::debug!(%addr, "idle connection closed under an idempotent request; sending it once more");
-                        replayed = true;
-                        stale += 1;
-                    }
-                    _ => {
-                        tracing::debug!(%addr, error = %e, reason = e.reason(), "upstream request failed");
-                        let unsent = match e {
-                            ExchangeError::Unsent(_) => {
-                                body.map(|b| Box::new(Request::from_parts(parts, b)))
-                            }
-                            _ => None,
-                        };
+        // The caller's body, until an attempt takes it to write.
+        let mut body = Some(body);
+        let mut stale = 0;
+        let mut replayed = false;
+        loop {
+            let pooled = if stale < MAX_STALE_RETRIES {
+                pool.http1.checkout(shared.cfg.idle_timeout)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let (mut conn, idle) = match pooled {
+                Some(c) => c,
+                // Boxed: connecting is the cold path, and its future would otherwise enlarge
+                // every request's future, which HTTP/2 callers' streams copy into a task each.
+                None => match Box::pin(connect(shared, endpoint)).await {
+                    Ok(c) => (c, Duration::ZERO),
+                    // Nothing was sent: the request may go to another endpoint.
+                    Err(error) => {
                         return Err(SendError {
-                            error: e.proxy_error(),
-                            unsent,
-                        });
+                            error,
+                            unsent: body.map(|b| Box::new(Request::from_parts(parts, b))),
+                        })
+                    }
+                },
+            };
+            // A connection idle for a while may be closed by the server just as the request is
+            // written to it; an idempotent request without a body is then sent once more.
+            let replayable = !replayed
+                && reused
+                && idle >= REPLAY_AFTER_IDLE
+                && bodiless
+                && idempotent(&parts.method);
+            let mut out = Outgoing::new(
+                codec::encode_request_head(&parts, framing, added),
+                if bodiless { None } else { body.take() },
+                framing,
+            );
+            match exchange(&mut conn, &mut out, &parts.method).await {
+                Ok(mut resp) => {
+                    // A request cut short cannot leave the connection at a message boundary.
+                    resp.keep_alive &= !out.abandoned;
+                    let lease = Lease {
+                        conn,
+                        pool: pool.clone(),
+                        shared: shared.clone(),
+                    };
+                    let request_left = (!out.done).then(|| Box::new(out));
+                    return Ok(response(resp, lease, request_left));
+                }
+                Err(e) => {
+                    if body.is_none() {
+                        body = out.take_untouched_body();
+                    }
+                    match e {
+                        // The server closed an idle connection as we picked it: the request never
+                        // left, so it is safe to send on another.
+                        ExchangeError::Unsent(_) if reused => {
+                            tracing::debug!(%addr, error = %e, "pooled connection was closed; retrying");
+                            stale += 1;
+                        }
+                        // It left, and the connection closed before an answer: an idempotent
+                        // request goes once more, on another connection.
+                        ExchangeError::NoResponse if replayable => {
+                            tracing::debug!(%addr, "idle connection closed under an idempotent request; sending it once more");
+                            replayed = true;
+                            stale += 1;
+                        }
+                        _ => {
+                            tracing::debug!(%addr, error = %e, reason = e.reason(), "upstream request failed");
+                            let unsent = match e {
+                                ExchangeError::Unsent(_) => {
+                                    body.map(|b| Box::new(Request::from_parts(parts, b)))
+                                }
+                                _ => None,
+                            };
+                            return Err(SendError {
+                                error: e.proxy_error(),
+                                unsent,
+                            });
+                        }
                     }
                 }
             }
