@@ -23,7 +23,7 @@ pub const LATENCY_BUCKETS_MS: [f64; 25] = [
 
 /// Installs the global recorder; the returned handle renders `/metrics` with [`render`].
 ///
-/// The exporter holds no histogram (the one latency family lives in [`series`]), so it needs
+/// The exporter holds no histogram (the one latency family lives in `series.rs`), so it needs
 /// no upkeep task to fold samples.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(PrometheusBuilder::new().install_recorder()?)
