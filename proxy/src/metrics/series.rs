@@ -100,38 +100,52 @@ fn registry() -> &'static Registry {
 
 /// The handle of counter `name` with `labels`, made on first use.
 pub fn counter(name: &'static str, labels: &[Label]) -> Counter {
-    let key = label_set(labels);
-    let mut families = registry()
-        .families
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let family = families.entry(name).or_default();
-    let series = family
-        .entry(key)
-        .or_insert_with(|| Series::Count(Arc::default()));
-    match series {
-        Series::Count(c) => Counter::from_arc(c.clone()),
-        // A name is only ever used with one kind; were it not, the update goes nowhere
-        // rather than into a series of the wrong type.
-        Series::Latency(_) => Counter::noop(),
-    }
+    with_series(
+        name,
+        labels,
+        || Series::Count(Arc::default()),
+        |s| match s {
+            Series::Count(c) => Counter::from_arc(c.clone()),
+            // A name is only ever used with one kind; were it not, the update goes nowhere
+            // rather than into a series of the wrong type.
+            Series::Latency(_) => Counter::noop(),
+        },
+    )
 }
 
 /// The handle of latency histogram `name` with `labels`, made on first use.
 pub fn latency(name: &'static str, labels: &[Label]) -> Histogram {
+    with_series(
+        name,
+        labels,
+        || Series::Latency(Arc::default()),
+        |s| match s {
+            Series::Latency(h) => Histogram::from_arc(h.clone()),
+            Series::Count(_) => Histogram::noop(),
+        },
+    )
+}
+
+/// Looks series `name` with `labels` up (making it with `make` if it is new) and hands it to
+/// `handle`, under the registry's lock.
+fn with_series<T>(
+    name: &'static str,
+    labels: &[Label],
+    make: fn() -> Series,
+    handle: impl FnOnce(&Series) -> T,
+) -> T {
     let key = label_set(labels);
     let mut families = registry()
         .families
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    let family = families.entry(name).or_default();
-    let series = family
-        .entry(key)
-        .or_insert_with(|| Series::Latency(Arc::default()));
-    match series {
-        Series::Latency(h) => Histogram::from_arc(h.clone()),
-        Series::Count(_) => Histogram::noop(),
-    }
+    handle(
+        families
+            .entry(name)
+            .or_default()
+            .entry(key)
+            .or_insert_with(make),
+    )
 }
 
 /// `k="v",...` in the order given, values escaped as the text format asks.
