@@ -281,85 +281,91 @@ impl Drop for StreamGuard {
 /// Sends `req` on the endpoint's connection (opened if need be) and waits for its response
 /// headers. A request that could not be sent at all comes back in the error, for another
 /// endpoint.
-pub(super) async fn send(
-    shared: &Shared,
-    endpoint: &Arc<Endpoint>,
+///
+/// Not an `async fn`, which would keep the request twice in its future (as passed, and taken
+/// apart in its body): this future is part of every request's toward a meshed workload.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn send<'a>(
+    shared: &'a Shared,
+    endpoint: &'a Arc<Endpoint>,
     req: Request<CallerBody>,
-) -> Result<Response<UpstreamBody>, SendError> {
-    let slot = &endpoint.pool.http2;
-    let opened = match slot.current() {
-        Some(c) => Ok(c),
-        // Boxed: dialing is the cold path, and its future (a TLS handshake's) would otherwise
-        // be part of every request's.
-        None => Box::pin(slot.connection(shared, endpoint)).await,
-    };
-    let conn = match opened {
-        Ok(c) => c,
-        Err(error) => {
-            return Err(SendError {
-                error,
-                unsent: Some(Box::new(req)),
-            })
-        }
-    };
-    endpoint.pool.register(shared);
+) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     let (mut parts, body) = req.into_parts();
-    let end = body.is_end_stream();
-    set_content_length(&mut parts, &body);
-    // Waits for a stream under the endpoint's limit; fails only when the connection cannot
-    // take the request, before anything of it was sent.
-    let opened = poll_fn(|cx| match lock(&conn).open(&parts, end, cx.waker()) {
-        Ok(Some(id)) => Poll::Ready(Ok(id)),
-        Ok(None) => Poll::Pending,
-        Err(e) => Poll::Ready(Err(e)),
-    })
-    .await;
-    let id = match opened {
-        Ok(id) => id,
-        Err(_) => {
-            tracing::debug!(addr = %endpoint.addr, "upstream HTTP/2 connection cannot take the request");
-            return Err(SendError {
-                error: ProxyError::Upstream,
-                unsent: Some(Box::new(Request::from_parts(parts, body))),
-            });
+    async move {
+        let slot = &endpoint.pool.http2;
+        let opened = match slot.current() {
+            Some(c) => Ok(c),
+            // Boxed: dialing is the cold path, and its future (a TLS handshake's) would otherwise
+            // be part of every request's.
+            None => Box::pin(slot.connection(shared, endpoint)).await,
+        };
+        let conn = match opened {
+            Ok(c) => c,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    unsent: Some(Box::new(Request::from_parts(parts, body))),
+                })
+            }
+        };
+        endpoint.pool.register(shared);
+        let end = body.is_end_stream();
+        set_content_length(&mut parts, &body);
+        // Waits for a stream under the endpoint's limit; fails only when the connection cannot
+        // take the request, before anything of it was sent.
+        let opened = poll_fn(|cx| match lock(&conn).open(&parts, end, cx.waker()) {
+            Ok(Some(id)) => Poll::Ready(Ok(id)),
+            Ok(None) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        })
+        .await;
+        let id = match opened {
+            Ok(id) => id,
+            Err(_) => {
+                tracing::debug!(addr = %endpoint.addr, "upstream HTTP/2 connection cannot take the request");
+                return Err(SendError {
+                    error: ProxyError::Upstream,
+                    unsent: Some(Box::new(Request::from_parts(parts, body))),
+                });
+            }
+        };
+        let mut guard = StreamGuard {
+            conn: conn.clone(),
+            id,
+            armed: true,
+        };
+        let mut body = Some(body);
+        if !end {
+            if let Some(body) = body.take() {
+                start_pipe(body, conn.clone(), id);
+            }
         }
-    };
-    let mut guard = StreamGuard {
-        conn: conn.clone(),
-        id,
-        armed: true,
-    };
-    let mut body = Some(body);
-    if !end {
-        if let Some(body) = body.take() {
-            start_pipe(body, conn.clone(), id);
-        }
-    }
-    let response = poll_fn(|cx| match lock(&conn).poll_response(id, cx.waker()) {
-        Some(r) => Poll::Ready(r),
-        None => Poll::Pending,
-    })
-    .await;
-    guard.armed = false;
-    match response {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(parts, UpstreamBody::http2(body)))
-        }
-        Err(failure) => {
-            tracing::debug!(addr = %endpoint.addr, ?failure, "upstream HTTP/2 request failed");
-            // A stream the endpoint never took (GOAWAY below it, REFUSED_STREAM) may go to
-            // another endpoint, if its body was not read: one that ended with its head.
-            let unsent = match (failure, body) {
-                (StreamFailure::Unsent, Some(body)) => {
-                    Some(Box::new(Request::from_parts(parts, body)))
-                }
-                _ => None,
-            };
-            Err(SendError {
-                error: ProxyError::Upstream,
-                unsent,
-            })
+        let response = poll_fn(|cx| match lock(&conn).poll_response(id, cx.waker()) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        })
+        .await;
+        guard.armed = false;
+        match response {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                Ok(Response::from_parts(parts, UpstreamBody::http2(body)))
+            }
+            Err(failure) => {
+                tracing::debug!(addr = %endpoint.addr, ?failure, "upstream HTTP/2 request failed");
+                // A stream the endpoint never took (GOAWAY below it, REFUSED_STREAM) may go to
+                // another endpoint, if its body was not read: one that ended with its head.
+                let unsent = match (failure, body) {
+                    (StreamFailure::Unsent, Some(body)) => {
+                        Some(Box::new(Request::from_parts(parts, body)))
+                    }
+                    _ => None,
+                };
+                Err(SendError {
+                    error: ProxyError::Upstream,
+                    unsent,
+                })
+            }
         }
     }
 }
