@@ -376,7 +376,6 @@ fn static_name_index(name: &HeaderName) -> Option<usize> {
 
 /// A field's name as the encoder keeps it: a request pseudo-header (by its static index) or
 /// a regular field.
-#[derive(Clone, PartialEq, Eq)]
 enum Key {
     Pseudo(usize),
     Header(HeaderName),

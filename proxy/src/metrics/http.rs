@@ -117,6 +117,10 @@ struct Side {
     success: Counter,
     /// `classification="success", grpc_status="0"`, made on the first gRPC success.
     grpc_ok: OnceLock<Counter>,
+    /// `classification="failure"` without a gRPC status or an error: a 5xx, made on the first.
+    /// Kept because when a service fails, every one of its responses is one: each looking its
+    /// series up would build its label set and take the series registry's lock.
+    failure: OnceLock<Counter>,
 }
 
 impl Side {
@@ -140,6 +144,7 @@ impl Side {
             latency,
             success,
             grpc_ok: OnceLock::new(),
+            failure: OnceLock::new(),
         }
     }
 
@@ -177,7 +182,16 @@ impl Side {
                     )
                 })
                 .increment(1),
-            // Failures are rare enough to look their series up each time.
+            Outcome::Ended { grpc_status: None } => self
+                .failure
+                .get_or_init(|| {
+                    series::counter(
+                        "response_total",
+                        &Self::classified(&self.labels, false, None, None),
+                    )
+                })
+                .increment(1),
+            // The rest (gRPC failures, broken bodies) look their series up each time.
             Outcome::Ended { grpc_status } => series::counter(
                 "response_total",
                 &Self::classified(&self.labels, success, grpc_status, None),
