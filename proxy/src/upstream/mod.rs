@@ -206,7 +206,8 @@ impl Upstreams {
         req: Request<CallerBody>,
         added: &'a GatewayFields,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
-        self.within_response_timeout(http1::send(&self.shared, endpoint, req, added))
+        // Its deadline is kept by the connection's own timer (see `http1::Conn`).
+        http1::send(&self.shared, endpoint, req, added)
     }
 
     /// `attempt`'s result, or [`ProxyError::ResponseTimeout`] once the response headers took
@@ -279,7 +280,14 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
+                    // `x-delay-ms`: how long to wait before answering.
+                    let svc = hyper::service::service_fn(|req: Request<_>| async move {
+                        let delay = req
+                            .headers()
+                            .get("x-delay-ms")
+                            .and_then(|v| v.to_str().ok()?.parse().ok())
+                            .unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                             Bytes::from_static(b"ok"),
                         )))
@@ -345,10 +353,14 @@ mod tests {
     }
 
     fn upstreams(idle: Duration) -> Upstreams {
+        upstreams_timing_out(idle, Duration::from_secs(5))
+    }
+
+    fn upstreams_timing_out(idle: Duration, response_timeout: Duration) -> Upstreams {
         Upstreams::new(
             UpstreamConfig {
                 connect_timeout: Duration::from_secs(2),
-                response_timeout: Duration::from_secs(5),
+                response_timeout,
                 idle_timeout: idle,
                 max_idle_per_endpoint: 8,
             },
@@ -357,17 +369,24 @@ mod tests {
     }
 
     async fn get(front: SocketAddr) -> String {
+        get_after(front, 0).await.1
+    }
+
+    /// A request the backend answers after `delay_ms`: its status and body.
+    async fn get_after(front: SocketAddr, delay_ms: u64) -> (u16, String) {
         let tcp = tokio::net::TcpStream::connect(front).await.unwrap();
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
         tokio::spawn(conn);
-        let resp = tx
-            .send_request(Request::get("/").body(Empty::<Bytes>::new()).unwrap())
-            .await
+        let req = Request::get("/")
+            .header("x-delay-ms", delay_ms)
+            .body(Empty::<Bytes>::new())
             .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,6 +400,37 @@ mod tests {
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
         assert_eq!(pool.http1.len(), 1);
+    }
+
+    /// The response deadline rides on a timer kept with the pooled connection: each request
+    /// gets its own full timeout, also after the timer ran out while the connection was
+    /// idle, and a connection that timed out is not pooled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http1_response_deadline_is_per_request_on_a_pooled_connection() {
+        let (addr, conns) = backend(false).await;
+        let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
+        let timeout = Duration::from_millis(300);
+        let upstreams = upstreams_timing_out(Duration::from_secs(30), timeout);
+        let front = front(upstreams, endpoint, false).await;
+        assert_eq!(get_after(front, 0).await, (200, "ok".into()));
+        // Idle past the timeout: the connection's timer fires with nothing in flight.
+        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
+        // Most of a timeout, twice on the same connection: each request's deadline is its own.
+        for _ in 0..2 {
+            assert_eq!(get_after(front, 200).await, (200, "ok".into()));
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+        let started = std::time::Instant::now();
+        let (status, body) = get_after(front, 2000).await;
+        assert_eq!((status, body.as_str()), (502, "upstream response timeout"));
+        let took = started.elapsed();
+        assert!(
+            took >= timeout && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+        // The timed-out connection still owes a response: the next request dials anew.
+        assert_eq!(get_after(front, 0).await, (200, "ok".into()));
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

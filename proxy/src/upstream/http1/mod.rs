@@ -16,7 +16,7 @@ mod template;
 pub(super) use self::conn::Conn;
 
 use std::{
-    future::poll_fn,
+    future::{poll_fn, Future},
     pin::Pin,
     sync::{Arc, Mutex},
     task::{ready, Context, Poll},
@@ -67,6 +67,7 @@ pub(super) fn send<'a>(
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     let (parts, body) = req.into_parts();
     async move {
+        let deadline = tokio::time::Instant::now() + shared.cfg.response_timeout;
         let (pool, addr) = (&endpoint.pool, endpoint.addr);
         let bodiless = body.is_end_stream();
         let framing = RequestFraming::choose(
@@ -90,16 +91,21 @@ pub(super) fn send<'a>(
                 Some(c) => c,
                 // Boxed: connecting is the cold path, and its future would otherwise enlarge
                 // every request's future, which HTTP/2 callers' streams copy into a task each.
-                None => match Box::pin(connect(shared, endpoint)).await {
-                    Ok(c) => (c, Duration::ZERO),
-                    // Nothing was sent: the request may go to another endpoint.
-                    Err(error) => {
-                        return Err(SendError {
-                            error,
-                            unsent: body.map(|b| Box::new(Request::from_parts(parts, b))),
-                        })
+                None => {
+                    match Box::pin(tokio::time::timeout_at(deadline, connect(shared, endpoint)))
+                        .await
+                    {
+                        Ok(Ok(c)) => (c, Duration::ZERO),
+                        // Nothing was sent: the request may go to another endpoint.
+                        Ok(Err(error)) => {
+                            return Err(SendError {
+                                error,
+                                unsent: body.map(|b| Box::new(Request::from_parts(parts, b))),
+                            })
+                        }
+                        Err(_) => return Err(ProxyError::ResponseTimeout.into()),
                     }
-                },
+                }
             };
             // A connection idle for a while may be closed by the server just as the request is
             // written to it; an idempotent request without a body is then sent once more.
@@ -113,7 +119,7 @@ pub(super) fn send<'a>(
                 if bodiless { None } else { body.take() },
                 framing,
             );
-            match exchange(&mut conn, &mut out, &parts.method).await {
+            match exchange(&mut conn, &mut out, &parts.method, deadline).await {
                 Ok(mut resp) => {
                     // A request cut short cannot leave the connection at a message boundary.
                     resp.keep_alive &= !out.abandoned;
@@ -193,6 +199,9 @@ enum ExchangeError {
     CallerBody,
     #[error("{}", .0.reason())]
     Protocol(Http1Error),
+    /// No final response head before the request's response deadline.
+    #[error("no response head within the response timeout")]
+    TimedOut,
 }
 
 impl ExchangeError {
@@ -204,12 +213,14 @@ impl ExchangeError {
             ExchangeError::Read(_) => "read failed",
             ExchangeError::CallerBody => "caller body failed",
             ExchangeError::Protocol(e) => e.reason(),
+            ExchangeError::TimedOut => ProxyError::ResponseTimeout.reason(),
         }
     }
 
     fn proxy_error(&self) -> ProxyError {
         match self {
             ExchangeError::Protocol(_) => ProxyError::UpstreamProtocol,
+            ExchangeError::TimedOut => ProxyError::ResponseTimeout,
             _ => ProxyError::Upstream,
         }
     }
@@ -217,16 +228,22 @@ impl ExchangeError {
 
 /// Writes the request and reads until a final response head, both in the calling task: the
 /// response may start before the request body has all gone (it goes on with the body).
+/// Gives up at `deadline`, on the connection's own timer.
 async fn exchange(
     conn: &mut Conn,
     out: &mut Outgoing,
     method: &Method,
+    deadline: tokio::time::Instant,
 ) -> Result<ResponseHead, ExchangeError> {
     let mut interim = 0;
     // A request whose writing failed after it started is no longer written; a response the
     // service sent anyway (413 before reading the body, say) is still read and forwarded.
     let mut writing = true;
+    conn.deadline.as_mut().reset(deadline);
     poll_fn(|cx| {
+        if conn.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(ExchangeError::TimedOut));
+        }
         if writing {
             if let Poll::Ready(Err(e)) = out.poll_send(conn, cx) {
                 if !out.wrote_any {
