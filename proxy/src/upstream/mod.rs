@@ -195,7 +195,8 @@ impl Upstreams {
         endpoint: &'a Arc<Endpoint>,
         req: Request<CallerBody>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
-        self.within_response_timeout(http2::send(&self.shared, endpoint, req))
+        // Its deadline is kept by the connection's task (see `http2::conn::ClientConn`).
+        http2::send(&self.shared, endpoint, req)
     }
 
     /// Sends `req` over a pooled HTTP/1.1 connection to the endpoint and waits for response
@@ -431,6 +432,42 @@ mod tests {
         // The timed-out connection still owes a response: the next request dials anew.
         assert_eq!(get_after(front, 0).await, (200, "ok".into()));
         assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    /// The response deadlines of an HTTP/2 connection's streams ride on one timer of its
+    /// task: each stream gets its full timeout, an overdue stream is reset while the others
+    /// and the connection go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http2_response_deadline_is_per_stream() {
+        let (addr, conns) = backend(true).await;
+        let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
+        let timeout = Duration::from_millis(300);
+        let upstreams = upstreams_timing_out(Duration::from_secs(30), timeout);
+        let front = front(upstreams, endpoint, true).await;
+        assert_eq!(get_after(front, 0).await, (200, "ok".into()));
+        // Idle past the timeout: the timer runs out with no stream waiting.
+        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
+        for _ in 0..2 {
+            assert_eq!(get_after(front, 200).await, (200, "ok".into()));
+        }
+        // Slow and fast streams at once: the slow ones time out, the fast ones are answered.
+        let started = std::time::Instant::now();
+        let slow: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(get_after(front, 2000)))
+            .collect();
+        let fast: Vec<_> = (0..3).map(|_| tokio::spawn(get_after(front, 100))).collect();
+        for r in fast {
+            assert_eq!(r.await.unwrap(), (200, "ok".into()));
+        }
+        for r in slow {
+            let (status, body) = r.await.unwrap();
+            assert_eq!((status, body.as_str()), (502, "upstream response timeout"));
+        }
+        let took = started.elapsed();
+        assert!(took >= timeout && took < Duration::from_millis(1500), "{took:?}");
+        // The connection goes on.
+        assert_eq!(get_after(front, 0).await, (200, "ok".into()));
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,10 @@ async fn drive(mut io: UpstreamIo, conn: Conn, addr: SocketAddr) {
     let mut ping_out = false;
     let mut ping_count: u64 = 0;
     let mut releases = Vec::new();
+    // The earliest response deadline among the streams waiting for their heads, and the
+    // one timer for it (see `ClientConn::expire`).
+    let mut response_timer = Box::pin(tokio::time::sleep_until(tokio::time::Instant::now()));
+    let mut timer_at: Option<tokio::time::Instant> = None;
     let ended: Option<&'static str> = poll_fn(|cx| loop {
         let mut progress = false;
         let mut read_end: Option<&'static str> = None;
@@ -184,6 +188,20 @@ async fn drive(mut io: UpstreamIo, conn: Conn, addr: SocketAddr) {
             if !releases.is_empty() {
                 c.released(&releases);
                 releases.clear();
+            }
+            if timer_at.is_some() && response_timer.as_mut().poll(cx).is_ready() {
+                timer_at = None;
+                c.expire(tokio::time::Instant::now());
+            }
+            if let Some(at) = c.next_deadline() {
+                if timer_at != Some(at) {
+                    // A later deadline than the timer's is one atomic update to it.
+                    response_timer.as_mut().reset(at);
+                    timer_at = Some(at);
+                    if response_timer.as_mut().poll(cx).is_ready() {
+                        progress = true;
+                    }
+                }
             }
             if c.pong && ping_out {
                 ping_out = false;
@@ -292,15 +310,23 @@ pub(super) fn send<'a>(
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     let (mut parts, body) = req.into_parts();
     async move {
+        // The response head is due by then: the connection's task cancels the stream if not.
+        let deadline = tokio::time::Instant::now() + shared.cfg.response_timeout;
         let slot = &endpoint.pool.http2;
         let opened = match slot.current() {
             Some(c) => Ok(c),
             // Boxed: dialing is the cold path, and its future (a TLS handshake's) would otherwise
             // be part of every request's.
-            None => Box::pin(slot.connection(shared, endpoint)).await,
+            None => Box::pin(tokio::time::timeout_at(
+                deadline,
+                slot.connection(shared, endpoint),
+            ))
+            .await
+            .unwrap_or(Err(ProxyError::ResponseTimeout)),
         };
         let conn = match opened {
             Ok(c) => c,
+            Err(ProxyError::ResponseTimeout) => return Err(ProxyError::ResponseTimeout.into()),
             Err(error) => {
                 return Err(SendError {
                     error,
@@ -313,12 +339,23 @@ pub(super) fn send<'a>(
         set_content_length(&mut parts, &body);
         // Waits for a stream under the endpoint's limit; fails only when the connection cannot
         // take the request, before anything of it was sent.
-        let opened = poll_fn(|cx| match lock(&conn).open(&parts, end, cx.waker()) {
-            Ok(Some(id)) => Poll::Ready(Ok(id)),
-            Ok(None) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
-        })
-        .await;
+        let mut open =
+            |cx: &mut Context<'_>| match lock(&conn).open(&parts, end, cx.waker(), deadline) {
+                Ok(Some(id)) => Poll::Ready(Ok(id)),
+                Ok(None) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        let opened = match poll_fn(|cx| Poll::Ready(open(cx))).await {
+            Poll::Ready(r) => r,
+            // Every stream the endpoint takes is in use: waiting, on a timer of its own
+            // (streams answered and sending their bodies are not under the deadline).
+            Poll::Pending => {
+                match Box::pin(tokio::time::timeout_at(deadline, poll_fn(&mut open))).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(ProxyError::ResponseTimeout.into()),
+                }
+            }
+        };
         let id = match opened {
             Ok(id) => id,
             Err(_) => {
@@ -350,6 +387,11 @@ pub(super) fn send<'a>(
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 Ok(Response::from_parts(parts, UpstreamBody::http2(body)))
+            }
+            // The connection's task cancelled the stream at its deadline.
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                tracing::debug!(addr = %endpoint.addr, "upstream HTTP/2 response timed out");
+                Err(ProxyError::ResponseTimeout.into())
             }
             Err(failure) => {
                 tracing::debug!(addr = %endpoint.addr, ?failure, "upstream HTTP/2 request failed");
