@@ -455,7 +455,9 @@ mod tests {
         let slow: Vec<_> = (0..3)
             .map(|_| tokio::spawn(get_after(front, 2000)))
             .collect();
-        let fast: Vec<_> = (0..3).map(|_| tokio::spawn(get_after(front, 100))).collect();
+        let fast: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(get_after(front, 100)))
+            .collect();
         for r in fast {
             assert_eq!(r.await.unwrap(), (200, "ok".into()));
         }
@@ -464,7 +466,10 @@ mod tests {
             assert_eq!((status, body.as_str()), (502, "upstream response timeout"));
         }
         let took = started.elapsed();
-        assert!(took >= timeout && took < Duration::from_millis(1500), "{took:?}");
+        assert!(
+            took >= timeout && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
         // The connection goes on.
         assert_eq!(get_after(front, 0).await, (200, "ok".into()));
         assert_eq!(conns.load(Ordering::SeqCst), 1);

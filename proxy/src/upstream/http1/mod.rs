@@ -67,7 +67,8 @@ pub(super) fn send<'a>(
 ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
     let (parts, body) = req.into_parts();
     async move {
-        let deadline = tokio::time::Instant::now() + shared.cfg.response_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + shared.cfg.response_timeout;
         let (pool, addr) = (&endpoint.pool, endpoint.addr);
         let bodiless = body.is_end_stream();
         let framing = RequestFraming::choose(
@@ -82,7 +83,8 @@ pub(super) fn send<'a>(
         let mut replayed = false;
         loop {
             let pooled = if stale < MAX_STALE_RETRIES {
-                pool.http1.checkout(shared.cfg.idle_timeout)
+                pool.http1
+                    .checkout(shared.cfg.idle_timeout, started.into_std())
             } else {
                 None
             };
@@ -371,15 +373,16 @@ struct Idle {
 }
 
 impl Http1Idle {
-    /// The most recently used live connection, and how long it sat idle.
-    fn checkout(&self, idle_timeout: Duration) -> Option<(Box<Conn>, Duration)> {
+    /// The most recently used live connection, and how long it sat idle by `now` (the
+    /// request's start, read once for its deadline too).
+    fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<(Box<Conn>, Duration)> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let c = idle.pop()?;
-                // One clock read per checkout: on this VM a request's clock reads (about
+                // No clock read of its own: on this VM a request's clock reads (about
                 // seven) cost 1.7 % of its CPU.
-                let idle_for = c.since.elapsed();
+                let idle_for = now.saturating_duration_since(c.since);
                 if idle_for > idle_timeout {
                     // Older entries sit below this one: all of them have expired too.
                     idle.clear();
