@@ -403,58 +403,56 @@ mod tests {
         assert_eq!(pool.http1.len(), 1);
     }
 
-    /// The response deadline rides on a timer kept with the pooled connection: each request
-    /// gets its own full timeout, also after the timer ran out while the connection was
-    /// idle, and a connection that timed out is not pooled again.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn http1_response_deadline_is_per_request_on_a_pooled_connection() {
-        let (addr, conns) = backend(false).await;
+    const TEST_TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// A front end whose upstreams time out after [`TEST_TIMEOUT`], warmed the way both
+    /// deadline tests need: one request, an idle spell past the timeout (the connection's
+    /// timer runs out with nothing waiting), then two requests that take most of a timeout
+    /// each and are answered, since each deadline is its own.
+    async fn timing_out_front(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let (addr, conns) = backend(h2).await;
         let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
-        let timeout = Duration::from_millis(300);
-        let upstreams = upstreams_timing_out(Duration::from_secs(30), timeout);
-        let front = front(upstreams, endpoint, false).await;
+        let upstreams = upstreams_timing_out(Duration::from_secs(30), TEST_TIMEOUT);
+        let front = front(upstreams, endpoint, h2).await;
         assert_eq!(get_after(front, 0).await, (200, "ok".into()));
-        // Idle past the timeout: the connection's timer fires with nothing in flight.
-        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
-        // Most of a timeout, twice on the same connection: each request's deadline is its own.
+        tokio::time::sleep(TEST_TIMEOUT + Duration::from_millis(200)).await;
         for _ in 0..2 {
             assert_eq!(get_after(front, 200).await, (200, "ok".into()));
         }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+        (front, conns)
+    }
+
+    /// A request the backend answers too late: refused at the deadline, not before.
+    async fn times_out(front: SocketAddr) {
         let started = std::time::Instant::now();
         let (status, body) = get_after(front, 2000).await;
         assert_eq!((status, body.as_str()), (502, "upstream response timeout"));
         let took = started.elapsed();
         assert!(
-            took >= timeout && took < Duration::from_millis(1500),
+            took >= TEST_TIMEOUT && took < Duration::from_millis(1500),
             "{took:?}"
         );
+    }
+
+    /// The response deadline rides on a timer kept with the pooled connection, and a
+    /// connection that timed out is not pooled again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http1_response_deadline_is_per_request_on_a_pooled_connection() {
+        let (front, conns) = timing_out_front(false).await;
+        times_out(front).await;
         // The timed-out connection still owes a response: the next request dials anew.
         assert_eq!(get_after(front, 0).await, (200, "ok".into()));
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     /// The response deadlines of an HTTP/2 connection's streams ride on one timer of its
-    /// task: each stream gets its full timeout, an overdue stream is reset while the others
-    /// and the connection go on.
+    /// task: an overdue stream is reset while the others and the connection go on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn http2_response_deadline_is_per_stream() {
-        let (addr, conns) = backend(true).await;
-        let endpoint = Arc::new(Endpoint::new(addr, Default::default()));
-        let timeout = Duration::from_millis(300);
-        let upstreams = upstreams_timing_out(Duration::from_secs(30), timeout);
-        let front = front(upstreams, endpoint, true).await;
-        assert_eq!(get_after(front, 0).await, (200, "ok".into()));
-        // Idle past the timeout: the timer runs out with no stream waiting.
-        tokio::time::sleep(timeout + Duration::from_millis(200)).await;
-        for _ in 0..2 {
-            assert_eq!(get_after(front, 200).await, (200, "ok".into()));
-        }
+        let (front, conns) = timing_out_front(true).await;
         // Slow and fast streams at once: the slow ones time out, the fast ones are answered.
-        let started = std::time::Instant::now();
-        let slow: Vec<_> = (0..3)
-            .map(|_| tokio::spawn(get_after(front, 2000)))
-            .collect();
+        let slow: Vec<_> = (0..3).map(|_| tokio::spawn(times_out(front))).collect();
         let fast: Vec<_> = (0..3)
             .map(|_| tokio::spawn(get_after(front, 100)))
             .collect();
@@ -462,14 +460,8 @@ mod tests {
             assert_eq!(r.await.unwrap(), (200, "ok".into()));
         }
         for r in slow {
-            let (status, body) = r.await.unwrap();
-            assert_eq!((status, body.as_str()), (502, "upstream response timeout"));
+            r.await.unwrap();
         }
-        let took = started.elapsed();
-        assert!(
-            took >= timeout && took < Duration::from_millis(1500),
-            "{took:?}"
-        );
         // The connection goes on.
         assert_eq!(get_after(front, 0).await, (200, "ok".into()));
         assert_eq!(conns.load(Ordering::SeqCst), 1);
