@@ -113,6 +113,8 @@ where
     preface_seen: bool,
     /// Asked to shut down gracefully (GOAWAY goes with the next turn).
     shutdown: bool,
+    /// The write now due waited for one pass of the runtime (see [`Served::hold_write`]).
+    held: bool,
     state: State,
 }
 
@@ -149,6 +151,7 @@ where
             new_requests: Vec::new(),
             preface_seen: false,
             shutdown: false,
+            held: false,
             state: State::Open,
         }
     }
@@ -259,6 +262,21 @@ where
                 body: Some(body),
             });
         }
+    }
+
+    /// Whether to let what is queued wait one pass of the runtime before it is written: while
+    /// other streams still wait for their responses, the services' answers that arrive during
+    /// this pass (the runtime looks for new events before it comes back) go out in the same
+    /// write. The wait is a yield, not a timer: the runtime runs every other ready task, reads
+    /// its events without blocking, and polls this connection again.
+    fn hold_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.held || self.sent == self.out.len() || self.handlers.is_empty() || !self.room() {
+            self.held = false;
+            return false;
+        }
+        self.held = true;
+        let mut yielded = std::pin::pin!(tokio::task::yield_now());
+        yielded.as_mut().poll(cx).is_pending()
     }
 
     /// Writes what is queued. Ready(true) when something was written.
@@ -404,6 +422,9 @@ where
                 State::Closing(_) => false,
                 State::Done => return Poll::Ready(Ok(())),
             };
+            if matches!(this.state, State::Open) && this.hold_write(cx) {
+                return Poll::Pending;
+            }
             match this.poll_write(cx) {
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(e)) => {
@@ -474,5 +495,179 @@ impl<B: Body + Unpin> Future for NextFrame<B> {
             Some(body) => Poll::Ready((self.id, frame, body)),
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        io,
+        pin::Pin,
+        sync::{Arc, Mutex},
+        task::{Context, Poll},
+    };
+
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, Request, Response};
+    use http_body_util::Full;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+    use super::{Served, Settings, PREFACE};
+    use crate::{
+        body::CallerBody,
+        h2codec::{
+            frame::{self, flag, kind, Head, HEAD_LEN},
+            hpack::Encoder,
+        },
+    };
+
+    /// The server's end of an in-memory connection, keeping what each write carried.
+    struct Recorded {
+        io: DuplexStream,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Recorded {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorded {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let written = Pin::new(&mut self.io).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = written {
+                self.writes.lock().expect("writes").push(buf[..n].to_vec());
+            }
+            written
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// The streams whose HEADERS each write carried, in order.
+    fn headers_by_write(writes: &[Vec<u8>]) -> Vec<Vec<u32>> {
+        let mut found = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        for w in writes {
+            let mut streams = Vec::new();
+            pending.extend_from_slice(w);
+            while let Some(raw) = pending.get(..HEAD_LEN) {
+                let head = Head::parse(raw.try_into().expect("nine bytes"));
+                if pending.len() < HEAD_LEN + head.len {
+                    break;
+                }
+                if head.kind == kind::HEADERS {
+                    streams.push(head.stream);
+                }
+                pending.drain(..HEAD_LEN + head.len);
+            }
+            found.push(streams);
+        }
+        found
+    }
+
+    type Answer = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+    /// Two streams answered in the same pass of the runtime, one by its handler at once, the
+    /// other woken by a task that runs after the connection's turn: both responses leave in
+    /// one write. (Written as they came, the first would go alone.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_ready_in_one_pass_share_a_write() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let io = Recorded {
+            io: server,
+            writes: writes.clone(),
+        };
+        let (wake_tx, wake_rx) = tokio::sync::oneshot::channel::<()>();
+        let wake_tx = Mutex::new(Some(wake_tx));
+        let wake_rx = Mutex::new(Some(wake_rx));
+        let handler = move |req: Request<CallerBody>| -> Answer {
+            let ok = || Response::new(Full::new(Bytes::from_static(b"ok")));
+            if req.uri().path() == "/now" {
+                let tx = wake_tx.lock().expect("tx").take();
+                // Runs once the connection's turn has ended: a service answering meanwhile.
+                tokio::spawn(async move {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                    }
+                });
+                Box::pin(async move { ok() })
+            } else {
+                let rx = wake_rx.lock().expect("rx").take();
+                Box::pin(async move {
+                    if let Some(rx) = rx {
+                        let _ = rx.await;
+                    }
+                    ok()
+                })
+            }
+        };
+        let settings = Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            stream_window: 65_535,
+            connection_window: 65_535,
+        };
+        let served = tokio::spawn(Served::new(io, settings, handler));
+
+        let mut out = PREFACE.to_vec();
+        frame::put_settings(&mut out, &[]);
+        let mut encoder = Encoder::default();
+        for (stream, path) in [(1, "/now"), (3, "/later")] {
+            let mut block = Vec::new();
+            encoder.encode_request(
+                &Method::GET,
+                "https",
+                Some("web"),
+                path,
+                &HeaderMap::new(),
+                &mut block,
+            );
+            frame::put_header_block(&mut out, stream, &block, true, 16_384);
+        }
+        client.write_all(&out).await.expect("write");
+
+        // Read until both responses' bodies ended.
+        let mut got = Vec::new();
+        let mut ended = 0;
+        let mut buf = [0u8; 4096];
+        while ended < 2 {
+            let n = client.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the server closed early");
+            got.extend_from_slice(&buf[..n]);
+            ended = 0;
+            let mut at = 0;
+            while let Some(raw) = got.get(at..at + HEAD_LEN) {
+                let head = Head::parse(raw.try_into().expect("nine bytes"));
+                if got.len() < at + HEAD_LEN + head.len {
+                    break;
+                }
+                if head.stream != 0 && head.has(flag::END_STREAM) {
+                    ended += 1;
+                }
+                at += HEAD_LEN + head.len;
+            }
+        }
+        drop(client);
+        let _ = served.await;
+
+        let by_write = headers_by_write(&writes.lock().expect("writes"));
+        let with_headers: Vec<_> = by_write.into_iter().filter(|s| !s.is_empty()).collect();
+        assert_eq!(with_headers, vec![vec![1, 3]], "responses by write");
     }
 }
