@@ -175,6 +175,11 @@ pub struct Cli {
     /// Log one line per request (target `access`, level info) [default: off].
     #[arg(long, env = "GATEWAY_ACCESS_LOG")]
     pub access_log: bool,
+    /// Threads that serve connections; 1 serves them all on one thread, with no hand-off
+    /// between threads (also LINKERD2_PROXY_CORES) [default: the CPUs the process may use,
+    /// its CPU quota included].
+    #[arg(long, env = "GATEWAY_CORES")]
+    pub cores: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +234,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub access_log: Option<bool>,
+    pub cores: Option<usize>,
 }
 
 /// `[caller_limits]`: the budget of every caller identity, and `[[caller_limits.overrides]]`
@@ -327,6 +333,34 @@ fn linkerd_env(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Most threads the gateway starts to serve connections.
+pub const MAX_CORES: usize = 512;
+
+/// The flag, else Linkerd's injector's `LINKERD2_PROXY_CORES`, else the file, else the CPUs
+/// this process may run on (`available_parallelism` counts the affinity mask and the
+/// cgroup's CPU quota: a pod limited to one CPU gets one thread).
+fn resolve_cores(
+    flag: Option<usize>,
+    linkerd: Option<String>,
+    file: Option<usize>,
+) -> anyhow::Result<usize> {
+    let linkerd = match linkerd {
+        Some(v) => Some(
+            v.parse::<usize>()
+                .with_context(|| format!("LINKERD2_PROXY_CORES: {v:?} is not a number"))?,
+        ),
+        None => None,
+    };
+    let cores = match flag.or(linkerd).or(file) {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if !(1..=MAX_CORES).contains(&cores) {
+        bail!("cores must be between 1 and {MAX_CORES}, not {cores}");
+    }
+    Ok(cores)
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -374,6 +408,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub access_log: bool,
+    /// Threads serving connections: 1 runs the runtime on the main thread alone.
+    pub cores: usize,
 }
 
 fn dur(field: &str, v: Option<String>, default: Duration) -> anyhow::Result<Duration> {
@@ -738,6 +774,7 @@ impl Config {
             // Off unless asked for, as in Linkerd's proxy: a line per request costs about a
             // third more CPU per request and a write to stderr.
             access_log: cli.access_log || file.access_log.unwrap_or(false),
+            cores: resolve_cores(cli.cores, linkerd_env("CORES"), file.cores)?,
         };
         if cfg.max_connections == 0 || cfg.max_pending_connections == 0 {
             bail!("max_connections and max_pending_connections must be at least 1");
@@ -821,6 +858,25 @@ upstreams = ["127.0.0.1:8080"]
             Some("127.0.0.1:9".parse().unwrap())
         );
         assert!(parse_probe_listen(Some("4181".into())).is_err());
+    }
+
+    #[test]
+    fn cores_come_from_the_flag_then_linkerds_variable_then_the_file() {
+        assert_eq!(
+            resolve_cores(Some(1), Some("4".into()), Some(8)).unwrap(),
+            1
+        );
+        assert_eq!(resolve_cores(None, Some("4".into()), Some(8)).unwrap(), 4);
+        assert_eq!(resolve_cores(None, None, Some(8)).unwrap(), 8);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(resolve_cores(None, None, None).unwrap(), cpus);
+        assert!(resolve_cores(Some(0), None, None).is_err());
+        assert!(resolve_cores(None, None, Some(MAX_CORES + 1)).is_err());
+        let err = resolve_cores(None, Some("two".into()), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("LINKERD2_PROXY_CORES"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -188,12 +188,39 @@ async fn curl_http1_and_http2_through_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_over_both_protocols() {
+    concurrent_requests(&Fixture::new(), &[]).await;
+}
+
+/// The runtime on one thread (`--cores 1`, what a pod limited to one CPU gets): the same
+/// load, and a drain on SIGTERM, with every connection, timer and signal on that thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_on_one_thread() {
     let fx = Fixture::new();
+    let mut gw = concurrent_requests(&fx, &["--cores", "1"]).await;
+    assert!(
+        gw.log_text().contains("runtime: one thread"),
+        "{}",
+        gw.log_text()
+    );
+    gw.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || {
+        let code = gw.wait(Duration::from_secs(10));
+        (code, gw.log_text())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1);
+}
+
+async fn concurrent_requests(fx: &Fixture, extra: &[&str]) -> Gateway {
     let backend = backend().await;
-    let gw = Gateway::start(&fx, &["--route", &web_route(backend)]);
+    let route = web_route(backend);
+    let mut args = vec!["--route", &route];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(fx, &args);
 
     // HTTP/2: 200 concurrent streams on one connection.
-    let h2 = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+    let h2 = h2_sender(gw.listen, client_tls(fx, "vote-bot", &[b"h2"]))
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -216,7 +243,7 @@ async fn many_concurrent_requests_over_both_protocols() {
     // HTTP/1.1: 8 keep-alive connections × 25 sequential requests, concurrently.
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let tls = client_tls(&fx, "vote-bot", &[b"http/1.1"]);
+        let tls = client_tls(fx, "vote-bot", &[b"http/1.1"]);
         let addr = gw.listen;
         tasks.push(tokio::spawn(async move {
             let mut send = h1_sender(addr, tls).await.unwrap();
@@ -244,6 +271,7 @@ async fn many_concurrent_requests_over_both_protocols() {
     // No access lines unless asked for (--access-log).
     let log = gw.log_text();
     assert!(!log.lines().any(|l| l.contains(" access:")), "{log}");
+    gw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

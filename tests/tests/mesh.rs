@@ -160,6 +160,9 @@ async fn configured_only_by_linkerd_proxy_variables_it_joins_the_mesh() {
     // The variables Linkerd's injector writes for the gateway pod's proxy.
     let env = [
         ("LINKERD2_PROXY_LOG", "info".to_string()),
+        // The injector's value for a proxy limited to one CPU: every control-plane client,
+        // the meshed HTTP/2 connection and the callers share one thread.
+        ("LINKERD2_PROXY_CORES", "1".to_string()),
         ("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", listen.to_string()),
         ("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", admin.to_string()),
         (
@@ -216,6 +219,11 @@ async fn configured_only_by_linkerd_proxy_variables_it_joins_the_mesh() {
     let mut gw = Gateway::launch_env(&fx, listen, admin, &env);
     tokio::task::block_in_place(|| gw.wait_ready(Duration::from_secs(20)));
     assert_eq!(identity.calls(), 1);
+    assert!(
+        gw.log_text().contains("runtime: one thread"),
+        "{}",
+        gw.log_text()
+    );
     // vote-bot's proxy in west, as Linkerd sends it: transport header, HTTP/2, orig-proto.
     let header = transport_header::Header {
         port: 80,
