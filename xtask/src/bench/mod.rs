@@ -228,7 +228,11 @@ fn gateway_args(
     .arg("--key")
     .arg(dir.join("gateway.key"))
     // Two gateways run at once (one per way upstream): the probe port is not needed.
-    .args(["--log-level", "warn", "--probe-listen", "off"]);
+    .args(["--log-level", "warn", "--probe-listen", "off"])
+    // One core, as haproxy (`nbthread 1`) and nginx (`worker_processes 1`) get: pinned, the
+    // gateway would count one CPU anyway, but `bench-cost` runs it unpinned under valgrind
+    // and must count the same runtime.
+    .args(["--cores", "1"]);
     match upstream {
         Upstream::Plain => c.args(["--route", &format!("{AUTHORITY}={}", backends.plain)]),
         Upstream::Meshed => c.args(["--destination-svc-addr", &backends.destination.to_string()]),
