@@ -489,6 +489,38 @@ fn loadgen(
     Ok(report)
 }
 
+/// A gateway run that failed more requests than it served: what the gateway says about
+/// them (its error counters and the end of its log), printed while it still runs, so the
+/// cause is on record with the run instead of lost with the process.
+fn explain_errors(e: &Env, report: &Value) {
+    let served = f(report, &["requests_per_second"]) * f(report, &["measured_seconds"]);
+    let errors: f64 = ["connect", "tls", "status", "timeout", "other"]
+        .iter()
+        .map(|k| f(report, &["errors", k]))
+        .sum();
+    if errors <= served {
+        return;
+    }
+    println!("    !! {errors:.0} errors against {served:.0} served; the gateway's account:");
+    let admin = SocketAddr::from(([127, 0, 0, 1], e.admin_port));
+    match crate::demo::http_get(admin, "/metrics") {
+        Ok((_, text)) => text
+            .lines()
+            .filter(|l| {
+                l.starts_with("inbound_http_errors_total")
+                    || l.starts_with("outbound_http_errors_total")
+            })
+            .for_each(|l| println!("       {l}")),
+        Err(err) => println!("       /metrics: {err}"),
+    }
+    let log = e.dir.join(e.log("gateway")).with_extension("err");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    for l in &lines[lines.len().saturating_sub(10)..] {
+        println!("       {l}");
+    }
+}
+
 /// Microseconds of the proxy's CPU per request in one run: its kernel time (`system`) or the
 /// rest (user space).
 fn per_request_us(run: &Value, system: bool) -> f64 {
@@ -837,6 +869,9 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<()> {
                 t.name,
                 f(&report, &["requests_per_second"])
             );
+            if t.name == "gateway" {
+                explain_errors(&env.at(t), &report);
+            }
             runs[i].push(report);
         }
     }
