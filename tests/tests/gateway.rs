@@ -196,20 +196,25 @@ async fn many_concurrent_requests_over_both_protocols() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_on_one_thread() {
     let fx = Fixture::new();
-    let mut gw = concurrent_requests(&fx, &["--cores", "1"]).await;
+    let gw = concurrent_requests(&fx, &["--cores", "1"]).await;
     assert!(
         gw.log_text().contains("runtime: one thread"),
         "{}",
         gw.log_text()
     );
     gw.signal("TERM");
-    let code = tokio::task::spawn_blocking(move || {
+    let code = exit_and_log(gw).await;
+    assert_eq!(code.0, Some(0), "{}", code.1);
+}
+
+/// The gateway's exit code once it has stopped (within 10 s), and its log.
+async fn exit_and_log(mut gw: Gateway) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
         let code = gw.wait(Duration::from_secs(10));
         (code, gw.log_text())
     })
     .await
-    .unwrap();
-    assert_eq!(code.0, Some(0), "{}", code.1);
+    .unwrap()
 }
 
 async fn concurrent_requests(fx: &Fixture, extra: &[&str]) -> Gateway {
@@ -480,7 +485,7 @@ async fn websocket_upgrade_is_tunnelled() {
 async fn sigterm_drains_in_flight_requests() {
     let fx = Fixture::new();
     let backend = backend().await;
-    let mut gw = Gateway::start(
+    let gw = Gateway::start(
         &fx,
         &["--route", &web_route(backend), "--drain-timeout", "10s"],
     );
@@ -513,12 +518,7 @@ async fn sigterm_drains_in_flight_requests() {
     let (status, body) = slow.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "slow done\n");
-    let code = tokio::task::spawn_blocking(move || {
-        let code = gw.wait(Duration::from_secs(10));
-        (code, gw.log_text())
-    })
-    .await
-    .unwrap();
+    let code = exit_and_log(gw).await;
     assert_eq!(code.0, Some(0), "{}", code.1);
     assert!(code.1.contains("drained"), "{}", code.1);
 }
