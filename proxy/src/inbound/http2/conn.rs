@@ -87,6 +87,10 @@ const LOCAL_RESETS: u32 = 1_000;
 const BLOCK_FACTOR: usize = 2;
 /// Most CONTINUATION frames in one header block: a block of 1-byte frames is an attack.
 const MAX_CONTINUATIONS: u32 = 64;
+/// The highest stream id (RFC 9113 §5.1.1): the first GOAWAY of a graceful shutdown.
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+/// The payload of the PING that follows it, to know when the caller has seen the GOAWAY.
+const SHUTDOWN_PING: [u8; 8] = *b"goaway\0\0";
 
 /// A new request, for the server to start its handler; aborting `abort`'s handle (kept
 /// by the stream) stops the handler, before its first poll if the caller reset the stream
@@ -156,6 +160,10 @@ pub struct Conn<B> {
     blocked: Vec<u32>,
     /// GOAWAY sent (graceful): streams above this are not served.
     goaway: Option<u32>,
+    /// Graceful shutdown announced (GOAWAY naming the highest stream id, then a PING) and its
+    /// PING not yet answered: streams the caller opened before it saw the announcement are
+    /// still on their way, and are still taken.
+    announced: bool,
     /// GOAWAY received: the caller opens no more streams.
     pub peer_goaway: bool,
     noop: Budget,
@@ -211,6 +219,7 @@ impl<B> Conn<B> {
             peer_max_frame: frame::MIN_MAX_FRAME_SIZE as usize,
             blocked: Vec::new(),
             goaway: None,
+            announced: false,
             peer_goaway: false,
             noop: Budget::new(NOOP_FRAMES),
             early_resets: Budget::new(EARLY_RESETS),
@@ -231,16 +240,36 @@ impl<B> Conn<B> {
         self.last_stream
     }
 
-    /// Graceful shutdown: GOAWAY with the last stream taken; those finish, no new one starts.
+    /// Graceful shutdown, in two steps (RFC 9113 §6.8): a GOAWAY naming the highest stream id
+    /// tells the caller to open no more, and a PING follows it; once the caller answers the
+    /// PING it has seen the GOAWAY, so every stream it opened before is in, and a second GOAWAY
+    /// names the last of them. A single GOAWAY with the last stream received would refuse the
+    /// requests already on the wire. A caller that never answers is closed at the drain
+    /// deadline.
     pub fn go_away(&mut self, out: &mut Vec<u8>) {
-        if self.goaway.is_none() {
+        if self.goaway.is_none() && !self.announced {
+            self.announced = true;
+            frame::put_goaway(out, MAX_STREAM_ID, Reason::NO_ERROR, "");
+            frame::put_ping(out, &SHUTDOWN_PING);
+        }
+    }
+
+    /// The caller answered the shutdown's PING: the final GOAWAY.
+    fn last_go_away(&mut self, out: &mut Vec<u8>) {
+        if self.announced && self.goaway.is_none() {
             self.goaway = Some(self.last_stream);
             frame::put_goaway(out, self.last_stream, Reason::NO_ERROR, "");
         }
     }
 
+    /// The final GOAWAY is sent: the connection ends when its streams do.
     pub fn going_away(&self) -> bool {
         self.goaway.is_some()
+    }
+
+    /// Graceful shutdown has begun (announced, or done).
+    pub fn shutting_down(&self) -> bool {
+        self.announced || self.goaway.is_some()
     }
 
     /// Takes one frame. Errors are connection errors: the server sends GOAWAY and closes.
@@ -350,6 +379,9 @@ impl<B> Conn<B> {
                 };
                 if !head.has(flag::ACK) {
                     frame::put_ping_ack(out, &data);
+                } else if data == SHUTDOWN_PING && self.announced {
+                    self.last_go_away(out);
+                    return Ok(());
                 }
                 self.noop()
             }

@@ -334,7 +334,7 @@ where
     /// One pass over everything that may have work; true if any did.
     fn turn(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        if self.shutdown && !self.conn.going_away() {
+        if self.shutdown && !self.conn.shutting_down() {
             self.conn.go_away(&mut self.out);
             progress = true;
         }
@@ -669,5 +669,123 @@ mod tests {
         let by_write = headers_by_write(&writes.lock().expect("writes"));
         let with_headers: Vec<_> = by_write.into_iter().filter(|s| !s.is_empty()).collect();
         assert_eq!(with_headers, vec![vec![1, 3]], "responses by write");
+    }
+
+    /// Reads frames from `client` until `done` says so; every frame seen, payload included.
+    async fn read_until(
+        client: &mut DuplexStream,
+        pending: &mut Vec<u8>,
+        seen: &mut Vec<(Head, Vec<u8>)>,
+        done: impl Fn(&[(Head, Vec<u8>)]) -> bool,
+    ) {
+        let mut buf = [0u8; 4096];
+        while !done(seen) {
+            while let Some(raw) = pending.get(..HEAD_LEN) {
+                let head = Head::parse(raw.try_into().expect("nine bytes"));
+                if pending.len() < HEAD_LEN + head.len {
+                    break;
+                }
+                let payload = pending[HEAD_LEN..HEAD_LEN + head.len].to_vec();
+                pending.drain(..HEAD_LEN + head.len);
+                seen.push((head, payload));
+            }
+            if done(seen) {
+                return;
+            }
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf))
+                .await
+                .expect("the server went quiet")
+                .expect("read");
+            assert!(n > 0, "the server closed early: {seen:?}");
+            pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn last_stream_of(payload: &[u8]) -> u32 {
+        u32::from_be_bytes(payload[..4].try_into().expect("four bytes")) & 0x7fff_ffff
+    }
+
+    /// Graceful shutdown while a request is on the wire: the first GOAWAY names the highest
+    /// stream id and a PING follows; the stream the caller opened before it saw them is
+    /// answered, and the final GOAWAY names it once the caller has answered the PING. (A
+    /// single GOAWAY naming the last stream received would leave it unanswered.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn graceful_shutdown_takes_the_streams_already_on_the_wire() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let handler = |_req: Request<CallerBody>| -> Answer {
+            Box::pin(async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
+        };
+        let settings = Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            stream_window: 65_535,
+            connection_window: 65_535,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            let mut served = std::pin::pin!(Served::new(server, settings, handler));
+            tokio::select! {
+                r = served.as_mut() => return r.map_err(|e| e.to_string()),
+                _ = stop_rx => served.as_mut().get_mut().graceful_shutdown(),
+            }
+            served.await.map_err(|e| e.to_string())
+        });
+        let mut encoder = Encoder::default();
+        let mut request = |stream: u32, out: &mut Vec<u8>| {
+            let mut block = Vec::new();
+            encoder.encode_request(
+                &Method::GET,
+                "https",
+                Some("web"),
+                "/",
+                &HeaderMap::new(),
+                &mut block,
+            );
+            frame::put_header_block(out, stream, &block, true, 16_384);
+        };
+        let ended = |stream: u32| {
+            move |seen: &[(Head, Vec<u8>)]| {
+                seen.iter().any(|(h, _)| {
+                    h.stream == stream && h.kind == kind::DATA && h.flags & flag::END_STREAM != 0
+                })
+            }
+        };
+        let (mut pending, mut seen) = (Vec::new(), Vec::new());
+
+        let mut out = PREFACE.to_vec();
+        frame::put_settings(&mut out, &[]);
+        request(1, &mut out);
+        client.write_all(&out).await.expect("write");
+        read_until(&mut client, &mut pending, &mut seen, ended(1)).await;
+
+        stop_tx.send(()).expect("stop");
+        let ping = |seen: &[(Head, Vec<u8>)]| {
+            seen.iter()
+                .find(|(h, _)| h.kind == kind::PING && h.flags & flag::ACK == 0)
+                .map(|(_, p)| p.clone())
+        };
+        read_until(&mut client, &mut pending, &mut seen, |s| ping(s).is_some()).await;
+        let goaways = |seen: &[(Head, Vec<u8>)]| -> Vec<u32> {
+            seen.iter()
+                .filter(|(h, _)| h.kind == kind::GOAWAY)
+                .map(|(_, p)| last_stream_of(p))
+                .collect()
+        };
+        assert_eq!(goaways(&seen), vec![(1 << 31) - 1], "the announcement");
+
+        // A request sent before the caller read the GOAWAY, then the PING's answer.
+        let payload: [u8; 8] = ping(&seen).expect("ping").try_into().expect("eight bytes");
+        let mut out = Vec::new();
+        request(3, &mut out);
+        frame::put_head(&mut out, 8, kind::PING, flag::ACK, 0);
+        out.extend_from_slice(&payload);
+        client.write_all(&out).await.expect("write");
+        read_until(&mut client, &mut pending, &mut seen, |s| {
+            ended(3)(s) && goaways(s).len() == 2
+        })
+        .await;
+        assert_eq!(goaways(&seen), vec![(1 << 31) - 1, 3], "the final GOAWAY");
+        // Nothing open: the connection ends cleanly.
+        assert_eq!(served.await.expect("task"), Ok(()));
     }
 }
