@@ -247,7 +247,7 @@ impl<B> Conn<B> {
     /// requests already on the wire. A caller that never answers is closed at the drain
     /// deadline.
     pub fn go_away(&mut self, out: &mut Vec<u8>) {
-        if self.goaway.is_none() && !self.announced {
+        if !self.shutting_down() {
             self.announced = true;
             frame::put_goaway(out, MAX_STREAM_ID, Reason::NO_ERROR, "");
             frame::put_ping(out, &SHUTDOWN_PING);

@@ -777,8 +777,7 @@ mod tests {
         let payload: [u8; 8] = ping(&seen).expect("ping").try_into().expect("eight bytes");
         let mut out = Vec::new();
         request(3, &mut out);
-        frame::put_head(&mut out, 8, kind::PING, flag::ACK, 0);
-        out.extend_from_slice(&payload);
+        frame::put_ping_ack(&mut out, &payload);
         client.write_all(&out).await.expect("write");
         read_until(&mut client, &mut pending, &mut seen, |s| {
             ended(3)(s) && goaways(s).len() == 2
