@@ -267,7 +267,17 @@ pub async fn serve_grpc_with<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conns = tokio::task::JoinSet::new();
-    while let Ok((tcp, _)) = listener.accept().await {
+    loop {
+        // A failed accept (a connection reset before it was taken, no fd left) is that
+        // connection's; the service goes on.
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
         let svc = svc.clone();
         let tls = tls.clone();
         conns.spawn(async move {
@@ -382,6 +392,8 @@ fn set_labels(path: &str) -> std::collections::HashMap<String, String> {
 struct DestinationSvc {
     answers: tokio::sync::watch::Receiver<Answers>,
     gets: Arc<AtomicUsize>,
+    /// Gets still to leave unanswered (see [`DestinationStub::leave_unanswered`]).
+    unanswered: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -401,6 +413,15 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
         let path = req.into_inner().path;
         let mut answers = self.answers.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let hang = self
+            .unanswered
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang {
+            // The stream is open and says nothing, for as long as the caller keeps it.
+            tokio::spawn(async move { tx.closed().await });
+            return Ok(tonic::Response::new(ReceiverStream(rx)));
+        }
         tokio::spawn(async move {
             // What this stream has announced so far, to send differences as Linkerd does.
             let mut sent: Vec<StubEndpoint> = Vec::new();
@@ -487,6 +508,7 @@ pub struct DestinationStub {
     pub addr: SocketAddr,
     answers: tokio::sync::watch::Sender<Answers>,
     gets: Arc<AtomicUsize>,
+    unanswered: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -503,10 +525,12 @@ impl DestinationStub {
         let addr = listener.local_addr().expect("addr");
         let (answers, rx) = tokio::sync::watch::channel(Answers::new());
         let gets = Arc::new(AtomicUsize::new(0));
+        let unanswered = Arc::new(AtomicUsize::new(0));
         let svc = linkerd2_proxy_api::destination::destination_server::DestinationServer::new(
             DestinationSvc {
                 answers: rx,
                 gets: gets.clone(),
+                unanswered: unanswered.clone(),
             },
         );
         let task = tokio::spawn(serve_grpc_with(listener, svc, tls));
@@ -514,8 +538,15 @@ impl DestinationStub {
             addr,
             answers,
             gets,
+            unanswered,
             task,
         }
+    }
+
+    /// The next `n` `Get` calls open their stream and never send an update: a controller
+    /// that accepted the watch and went quiet.
+    pub fn leave_unanswered(&self, n: usize) {
+        self.unanswered.store(n, Ordering::SeqCst);
     }
 
     /// Sets the answer for `authority` (`name:port`); open streams get the difference.

@@ -231,3 +231,48 @@ async fn known_endpoints_keep_serving_through_bad_updates_and_a_dead_control_pla
     assert!(m.contains("destination_stream_errors_total{"), "{m}");
     assert!(m.contains("destination_updates_refused_total"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_the_control_plane_never_answers_is_reopened() {
+    let fx = Fixture::new();
+    let a = named_backend("a").await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![StubEndpoint::plain(a)]),
+    );
+    // The first watch opens and hears nothing; the name must not stay unresolved for good.
+    dst.leave_unanswered(1);
+    let gw = gateway_with(&fx, dst.addr);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answered = None;
+    // Bounded: the silent watch is given up after 5 s and reopened 0.5 s later.
+    for _ in 0..150 {
+        let (status, body, reason) = get(&mut send).await;
+        if status == StatusCode::OK {
+            answered = Some(body);
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.as_deref(), Some("a"), "{}", gw.log_text());
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    assert_eq!(dst.gets(), 2);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "destination_stream_errors_total",
+            &[("reason", "no_answer")]
+        ),
+        1,
+        "{m}"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("sent no update within 5s"), "{log}");
+    assert!(log.contains("destination watch restored"), "{log}");
+}

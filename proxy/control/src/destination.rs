@@ -49,6 +49,8 @@ pub enum DestinationError {
     Invalid(String),
     #[error("the destination stream ended")]
     Ended,
+    #[error("the destination service sent no update within {0:?} of the watch opening; check linkerd-destination's health and logs")]
+    NoAnswer(std::time::Duration),
 }
 
 impl DestinationError {
@@ -59,6 +61,7 @@ impl DestinationError {
             DestinationError::Rpc(_) => "rpc",
             DestinationError::Invalid(_) => "invalid_update",
             DestinationError::Ended => "ended",
+            DestinationError::NoAnswer(_) => "no_answer",
         }
     }
 }

@@ -57,24 +57,72 @@ const REQUEST_HEADERS: &[&str] = &[
 const PROXY_CORE: &str = "1";
 const CLIENT_CORE: &str = "0";
 
+/// Ports handed out in this run. The kernel may give one free port to two `bind(0)`s in a
+/// row once the first socket is closed (measured here: about 1 in 100 sets of 20): the
+/// process meant for the second would then fail to bind while the first's listener answered
+/// for it.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("the kernel kept offering ports already handed out")
 }
 
+/// Waits until `child` itself listens on `addr`: a connection that succeeds proves only
+/// that something does (a port taken by another process in the meantime).
 fn wait_port(addr: SocketAddr, child: &mut Child, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
+    while !listened_by(child.id(), addr.port()) || std::net::TcpStream::connect(addr).is_err() {
         if let Ok(Some(s)) = child.try_wait() {
             bail!("{what} exited at start-up ({s})");
         }
         if Instant::now() > deadline {
-            bail!("{what} did not listen on {addr}");
+            bail!("{what} (pid {}) did not listen on {addr}", child.id());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port`: the socket's inode from
+/// `/proc/net/tcp{,6}` among the process's open files.
+fn listened_by(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
 }
 
 fn pinned(core: &str, program: &Path) -> Command {
@@ -507,17 +555,30 @@ fn explain_errors(e: &Env, report: &Value) {
         Ok((_, text)) => text
             .lines()
             .filter(|l| {
-                l.starts_with("inbound_http_errors_total")
-                    || l.starts_with("outbound_http_errors_total")
+                [
+                    "inbound_http_errors_total",
+                    "outbound_http_errors_total",
+                    "destination_",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
             })
             .for_each(|l| println!("       {l}")),
         Err(err) => println!("       /metrics: {err}"),
     }
-    let log = e.dir.join(e.log("gateway")).with_extension("err");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    for l in &lines[lines.len().saturating_sub(10)..] {
-        println!("       {l}");
+    // Its log, and those of the processes it depends on.
+    let logs = [
+        e.dir.join(e.log("gateway")).with_extension("err"),
+        e.dir.join("backend.err"),
+        e.dir.join("destination.err"),
+    ];
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        println!("       -- {} (last 10 lines)", log.display());
+        for l in &lines[lines.len().saturating_sub(10)..] {
+            println!("       {l}");
+        }
     }
 }
 

@@ -73,8 +73,8 @@ pub async fn backend(listen: SocketAddr, mesh: Option<(SocketAddr, &Path)>) -> a
         let mesh_listener = TcpListener::bind(addr).await?;
         let bodies = bodies.clone();
         tokio::spawn(async move {
-            while let Ok((tcp, _)) = mesh_listener.accept().await {
-                let _ = tcp.set_nodelay(true);
+            loop {
+                let tcp = accept(&mesh_listener, "meshed").await;
                 let (acceptor, bodies) = (acceptor.clone(), bodies.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
@@ -85,9 +85,26 @@ pub async fn backend(listen: SocketAddr, mesh: Option<(SocketAddr, &Path)>) -> a
         });
     }
     loop {
-        let (tcp, _) = listener.accept().await?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = accept(&listener, "plaintext").await;
         tokio::spawn(bodies.clone().serve(tcp));
+    }
+}
+
+/// The next connection. A failed accept (a connection reset before it was taken, no fd
+/// left) is that connection's, reported; the listener stays, so that one bad moment does
+/// not fail every later scenario that uses it.
+async fn accept(listener: &TcpListener, which: &str) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                return tcp;
+            }
+            Err(e) => {
+                eprintln!("bench-backend: {which} accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 
