@@ -1172,7 +1172,7 @@ fn table(doc: &Value) -> String {
     }
     let added = |t: &str, k: &str| (v("d", t, k) - v("d", "direct", k)) / 1000.0;
     md += &format!(
-        "| (d) added over direct | p50 / p99 / p99.9 ms | +{:.3} / +{:.3} / +{:.3} | +{:.3} / +{:.3} / +{:.3} | +{:.3} / +{:.3} / +{:.3} | | | |\n",
+        "| (d) added over direct | p50 / p99 / p99.9 ms | {:+.3} / {:+.3} / {:+.3} | {:+.3} / {:+.3} / {:+.3} | {:+.3} / {:+.3} / {:+.3} | | | |\n",
         added("gateway", "p50_us"), added("gateway", "p99_us"), added("gateway", "p999_us"),
         added("nginx", "p50_us"), added("nginx", "p99_us"), added("nginx", "p999_us"),
         added("haproxy", "p50_us"), added("haproxy", "p99_us"), added("haproxy", "p999_us"),
