@@ -42,6 +42,17 @@ async fn named_backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// A stub destination service that names one endpoint for web-svc: a backend answering "a".
+async fn destination_of_backend_a() -> DestinationStub {
+    let a = named_backend("a").await;
+    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
+    dst.set(
+        WEB,
+        DestinationAnswer::Endpoints(vec![StubEndpoint::plain(a)]),
+    );
+    dst
+}
+
 fn gateway_with(fx: &Fixture, destination: SocketAddr) -> Gateway {
     Gateway::start(fx, &["--destination-svc-addr", &destination.to_string()])
 }
@@ -191,12 +202,7 @@ async fn no_endpoints_fails_fast_with_a_reason_and_unknown_names_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_endpoints_keep_serving_through_bad_updates_and_a_dead_control_plane() {
     let fx = Fixture::new();
-    let a = named_backend("a").await;
-    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
-    dst.set(
-        WEB,
-        DestinationAnswer::Endpoints(vec![StubEndpoint::plain(a)]),
-    );
+    let dst = destination_of_backend_a().await;
     let gw = gateway_with(&fx, dst.addr);
     let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
         .await
@@ -235,12 +241,7 @@ async fn known_endpoints_keep_serving_through_bad_updates_and_a_dead_control_pla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_the_control_plane_never_answers_is_reopened() {
     let fx = Fixture::new();
-    let a = named_backend("a").await;
-    let dst = DestinationStub::start("127.0.0.1:0".parse().unwrap()).await;
-    dst.set(
-        WEB,
-        DestinationAnswer::Endpoints(vec![StubEndpoint::plain(a)]),
-    );
+    let dst = destination_of_backend_a().await;
     // The first watch opens and hears nothing; the name must not stay unresolved for good.
     dst.leave_unanswered(1);
     let gw = gateway_with(&fx, dst.addr);
