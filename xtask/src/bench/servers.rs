@@ -239,6 +239,26 @@ pub async fn destination(listen: SocketAddr, endpoint: SocketAddr) -> anyhow::Re
             opaque_transport: None,
         }]),
     );
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+    eprintln!(
+        "bench-destination: {} -> {endpoint} (h2, {}) on {}",
+        super::AUTHORITY,
+        crate::demo::WEB_ID,
+        stub.addr
+    );
+    // Its account for a failed (h): whether the gateway reached it at all, and how often.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut told = 0;
+    loop {
+        tokio::select! {
+            r = &mut interrupted => return Ok(r?),
+            _ = tick.tick() => {
+                let gets = stub.gets();
+                if gets != told {
+                    eprintln!("bench-destination: {gets} Get calls so far");
+                    told = gets;
+                }
+            }
+        }
+    }
 }
