@@ -251,6 +251,10 @@ pub fn control_tls(pki: &Pki, identity: &str, require_client: bool) -> Arc<rustl
     )
 }
 
+/// Which of a stub's accepted connections (counted from 0) a call came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionNumber(pub usize);
+
 /// Serves a tonic service over HTTP/2, over TLS when `tls` is given, until aborted.
 pub async fn serve_grpc_with<S>(
     listener: TcpListener,
@@ -267,6 +271,7 @@ pub async fn serve_grpc_with<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conns = tokio::task::JoinSet::new();
+    let mut accepted = 0;
     loop {
         // A failed accept (a connection reset before it was taken, no fd left) is that
         // connection's; the service goes on.
@@ -280,9 +285,17 @@ pub async fn serve_grpc_with<S>(
         while conns.try_join_next().is_some() {}
         let svc = svc.clone();
         let tls = tls.clone();
+        let number = ConnectionNumber(accepted);
+        accepted += 1;
         conns.spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new()).http2_only();
             let svc = TowerToHyperService::new(svc);
+            // Each call knows its connection, so a stub can misbehave on one and not others.
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(number);
+                    hyper::service::Service::call(&svc, req)
+                });
             match tls {
                 None => {
                     let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
@@ -394,6 +407,8 @@ struct DestinationSvc {
     gets: Arc<AtomicUsize>,
     /// Gets still to leave unanswered (see [`DestinationStub::leave_unanswered`]).
     unanswered: Arc<AtomicUsize>,
+    /// Connections whose Gets are all left unanswered: those numbered below this.
+    silent_connections: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -410,6 +425,10 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
             update, AddrSet, NoEndpoints, Update, WeightedAddrSet,
         };
         self.gets.fetch_add(1, Ordering::SeqCst);
+        let on_silent_connection = req
+            .extensions()
+            .get::<ConnectionNumber>()
+            .is_some_and(|n| n.0 < self.silent_connections.load(Ordering::SeqCst));
         let path = req.into_inner().path;
         let mut answers = self.answers.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -417,7 +436,7 @@ impl linkerd2_proxy_api::destination::destination_server::Destination for Destin
             .unanswered
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
-        if hang {
+        if hang || on_silent_connection {
             // The stream is open and says nothing, for as long as the caller keeps it.
             tokio::spawn(async move { tx.closed().await });
             return Ok(tonic::Response::new(ReceiverStream(rx)));
@@ -509,6 +528,7 @@ pub struct DestinationStub {
     answers: tokio::sync::watch::Sender<Answers>,
     gets: Arc<AtomicUsize>,
     unanswered: Arc<AtomicUsize>,
+    silent_connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -526,11 +546,13 @@ impl DestinationStub {
         let (answers, rx) = tokio::sync::watch::channel(Answers::new());
         let gets = Arc::new(AtomicUsize::new(0));
         let unanswered = Arc::new(AtomicUsize::new(0));
+        let silent_connections = Arc::new(AtomicUsize::new(0));
         let svc = linkerd2_proxy_api::destination::destination_server::DestinationServer::new(
             DestinationSvc {
                 answers: rx,
                 gets: gets.clone(),
                 unanswered: unanswered.clone(),
+                silent_connections: silent_connections.clone(),
             },
         );
         let task = tokio::spawn(serve_grpc_with(listener, svc, tls));
@@ -539,6 +561,7 @@ impl DestinationStub {
             answers,
             gets,
             unanswered,
+            silent_connections,
             task,
         }
     }
@@ -547,6 +570,12 @@ impl DestinationStub {
     /// that accepted the watch and went quiet.
     pub fn leave_unanswered(&self, n: usize) {
         self.unanswered.store(n, Ordering::SeqCst);
+    }
+
+    /// Every `Get` on the first `n` connections the stub accepts opens and hears nothing,
+    /// while the connection itself (HTTP/2, PINGs) stays healthy: a wedged replica.
+    pub fn silence_first_connections(&self, n: usize) {
+        self.silent_connections.store(n, Ordering::SeqCst);
     }
 
     /// Sets the answer for `authority` (`name:port`); open streams get the difference.

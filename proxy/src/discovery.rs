@@ -212,6 +212,19 @@ async fn watch(resolver: Resolver, name: Authority, target: Weak<Target>) {
             return;
         };
         counter!("destination_stream_errors_total", "reason" => failure.reason()).increment(1);
+        if matches!(failure, DestinationError::NoAnswer(_)) {
+            // The connection may be the silent part: the next watch goes on a new one.
+            match resolver.redial(FIRST_UPDATE_TIMEOUT) {
+                Ok(true) => {
+                    counter!("destination_redials_total").increment(1);
+                    tracing::info!(target = %name, "destination service connection replaced after a watch it left unanswered");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "destination service connection could not be replaced")
+                }
+            }
+        }
         stale = true;
         tracing::warn!(
             target = %name, reason = failure.reason(), error = %failure, retry_in = ?retry,

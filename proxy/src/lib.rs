@@ -186,9 +186,9 @@ pub async fn start(
             let addr = control::ControlAddr::parse(&d.svc_addr, d.svc_name.as_deref())?;
             tracing::info!(service = %addr.addr, "cluster services are discovered from the destination service");
             // Over mTLS with the gateway's own certificate, as Linkerd's proxy does.
-            let channel = addr.connect(Some(store.clone()), &anchors)?;
+            let dial = addr.dialer(Some(store.clone()), &anchors)?;
             Some(discovery::Discovery::new(
-                control::Resolver::new(channel, d.context.clone()),
+                control::Resolver::new(dial, d.context.clone())?,
                 cfg.balancer,
             ))
         }

@@ -277,3 +277,36 @@ async fn a_watch_the_control_plane_never_answers_is_reopened() {
     assert!(log.contains("sent no update within 5s"), "{log}");
     assert!(log.contains("destination watch restored"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_control_plane_stopped_answering_on_is_replaced() {
+    let fx = Fixture::new();
+    let dst = destination_of_backend_a().await;
+    // A wedged replica: its connection and PINGs stay healthy, no Get on it is answered.
+    // Reopening the watch on the same connection would hear nothing forever.
+    dst.silence_first_connections(1);
+    let gw = gateway_with(&fx, dst.addr);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    let mut answered = None;
+    // Bounded: 5 s for the silent watch, 0.5 s of backoff, then the new connection's answer.
+    for _ in 0..150 {
+        let (status, body, reason) = get(&mut send).await;
+        if status == StatusCode::OK {
+            answered = Some(body);
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.as_deref(), Some("a"), "{}", gw.log_text());
+    assert_eq!(dst.gets(), 2);
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "destination_redials_total", &[]), 1, "{m}");
+    let log = gw.log_text();
+    assert!(
+        log.contains("destination service connection replaced"),
+        "{log}"
+    );
+}

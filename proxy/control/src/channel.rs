@@ -63,14 +63,33 @@ impl ControlAddr {
         client_cert: Option<Arc<identity::CertStore>>,
         anchors: &identity::TrustAnchors,
     ) -> Result<Channel, ControlAddrError> {
-        let tls = match (&self.name, self.is_loopback()) {
+        self.channel(self.client_tls(client_cert, anchors)?)
+    }
+
+    /// As [`connect`](Self::connect), each call a new channel (its own connection): for a
+    /// client that must leave a connection that stopped answering.
+    pub fn dialer(
+        &self,
+        client_cert: Option<Arc<identity::CertStore>>,
+        anchors: &identity::TrustAnchors,
+    ) -> Result<crate::destination::Dial, ControlAddrError> {
+        let tls = self.client_tls(client_cert, anchors)?;
+        let this = self.clone();
+        Ok(Arc::new(move || this.channel(tls.clone())))
+    }
+
+    fn client_tls(
+        &self,
+        client_cert: Option<Arc<identity::CertStore>>,
+        anchors: &identity::TrustAnchors,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, ControlAddrError> {
+        Ok(match (&self.name, self.is_loopback()) {
             (Some(name), false) => Some(Arc::new(
                 identity::tls::client_config(client_cert, anchors, name.clone(), &[])
                     .map_err(|e| ControlAddrError::Tls(e.to_string()))?,
             )),
             _ => None,
-        };
-        self.channel(tls)
+        })
     }
 
     fn host(&self) -> &str {

@@ -3,7 +3,12 @@
 //! whole before it is handed on: one bad entry refuses the update, and the caller keeps the
 //! state it had.
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use identity::Identity;
 use linkerd2_proxy_api::destination::{
@@ -66,13 +71,27 @@ impl DestinationError {
     }
 }
 
-/// A client of the destination service; cheap to clone (the channel is shared).
+/// Opens a new channel to the destination service (a new connection on first use).
+pub type Dial = Arc<dyn Fn() -> Result<Channel, crate::ControlAddrError> + Send + Sync>;
+
+/// A client of the destination service; cheap to clone (the channel is shared, and so is
+/// its replacement after [`Resolver::redial`]).
 #[derive(Clone)]
 pub struct Resolver {
-    client: DestinationClient<Channel>,
+    current: Arc<Mutex<Dialed>>,
+    dial: Dial,
     /// `LINKERD2_PROXY_DESTINATION_CONTEXT`: who is asking, for the controller's logs and
     /// topology decisions.
     context_token: String,
+}
+
+struct Dialed {
+    client: DestinationClient<Channel>,
+    at: Instant,
+}
+
+fn client(channel: Channel) -> DestinationClient<Channel> {
+    DestinationClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES)
 }
 
 /// An open `Get` stream.
@@ -81,16 +100,43 @@ pub struct Watch {
 }
 
 impl Resolver {
-    pub fn new(channel: Channel, context_token: String) -> Self {
-        Self {
-            client: DestinationClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES),
+    pub fn new(dial: Dial, context_token: String) -> Result<Self, crate::ControlAddrError> {
+        let first = dial()?;
+        Ok(Self {
+            current: Arc::new(Mutex::new(Dialed {
+                client: client(first),
+                at: Instant::now(),
+            })),
+            dial,
             context_token,
+        })
+    }
+
+    /// Moves later watches to a new connection, unless the current one is younger than
+    /// `min_age` (several watches that went quiet together redial once). The channel only
+    /// reconnects when its connection fails; a service that keeps the connection and its
+    /// PINGs alive but answers nothing (a wedged replica behind the service's address) would
+    /// keep every new watch on it. Streams open on the old connection go on there.
+    pub fn redial(&self, min_age: Duration) -> Result<bool, crate::ControlAddrError> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.at.elapsed() < min_age {
+            return Ok(false);
         }
+        *current = Dialed {
+            client: client((self.dial)()?),
+            at: Instant::now(),
+        };
+        Ok(true)
     }
 
     /// Opens a watch on `authority` (`name:port`).
     pub async fn watch(&self, authority: &str) -> Result<Watch, DestinationError> {
-        let mut client = self.client.clone();
+        let mut client = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone();
         let stream = client
             .get(GetDestination {
                 scheme: "k8s".into(),

@@ -20,5 +20,5 @@ pub mod policy;
 
 pub use certify::{refresh_in, Certifier, CertifyError};
 pub use channel::{ControlAddr, ControlAddrError};
-pub use destination::{Change, DestinationError, Discovered, Resolver, Watch};
+pub use destination::{Change, DestinationError, Dial, Discovered, Resolver, Watch};
 pub use policy::{PolicyClient, PolicyError, ServerPolicy};
