@@ -122,16 +122,31 @@ pub fn gateway_bin() -> PathBuf {
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Tests of one binary run at once in one process: a port handed to one is not handed to
+    // another before the first has bound it.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..1000 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         h.write_u32(std::process::id());
         let port = 10_000 + (h.finish() % 20_000) as u16;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if handed_out.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
     panic!("no free port in 10000-29999")
+}
+
+/// How a start fell short of `/ready`.
+enum Early {
+    Exited(std::process::ExitStatus),
+    NotReady,
 }
 
 /// A running gateway process; killed on drop. Its log goes to `<dir>/gateway-<port>.log`.
@@ -151,9 +166,21 @@ impl Gateway {
             vec!["--cert".into(), fx.path("gateway.crt").into()];
         args.extend(["--key".into(), fx.path("gateway.key").into()]);
         args.extend(extra.iter().map(Into::into));
-        let mut gw = Self::launch(fx, &args);
-        gw.wait_ready(Duration::from_secs(20));
-        gw
+        // A port found free can be taken by another process before the gateway binds it;
+        // that start is tried again on other ports, any other failure is the test's.
+        let mut retries = 0;
+        loop {
+            let mut gw = Self::launch(fx, &args);
+            match gw.ready_within(Duration::from_secs(20)) {
+                Ok(()) => return gw,
+                Err(Early::Exited(_))
+                    if retries < 2 && gw.log_text().contains("Address already in use") =>
+                {
+                    retries += 1
+                }
+                Err(e) => gw.fail(e),
+            }
+        }
     }
 
     /// Starts with the fixture's trust anchors and `args`, without waiting for anything.
@@ -227,6 +254,21 @@ impl Gateway {
 
     /// Waits for `/ready`; panics with the log if the process exits or `limit` passes.
     pub fn wait_ready(&mut self, limit: Duration) {
+        if let Err(e) = self.ready_within(limit) {
+            self.fail(e)
+        }
+    }
+
+    fn fail(&self, e: Early) -> ! {
+        match e {
+            Early::Exited(status) => {
+                panic!("gateway exited early ({status}):\n{}", self.log_text())
+            }
+            Early::NotReady => panic!("gateway not ready:\n{}", self.log_text()),
+        }
+    }
+
+    fn ready_within(&mut self, limit: Duration) -> Result<(), Early> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self
@@ -234,16 +276,14 @@ impl Gateway {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("gateway exited early ({status}):\n{}", self.log_text());
+                return Err(Early::Exited(status));
             }
             if self.is_ready() {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway not ready:\n{}",
-                self.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(Early::NotReady);
+            }
             std::thread::sleep(Duration::from_millis(25));
         }
     }
