@@ -676,6 +676,8 @@ fn policy_server(answer: &PolicyAnswer) -> linkerd2_proxy_api::inbound::Server {
 struct PolicySvc {
     answer: tokio::sync::watch::Receiver<PolicyAnswer>,
     watches: Arc<Mutex<Vec<(String, u32)>>>,
+    /// Connections whose watches are all left unanswered: those numbered below this.
+    silent_connections: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -696,6 +698,10 @@ impl linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerP
         &self,
         req: tonic::Request<linkerd2_proxy_api::inbound::PortSpec>,
     ) -> Result<tonic::Response<Self::WatchPortStream>, tonic::Status> {
+        let silent = req
+            .extensions()
+            .get::<ConnectionNumber>()
+            .is_some_and(|n| n.0 < self.silent_connections.load(Ordering::SeqCst));
         let spec = req.into_inner();
         self.watches
             .lock()
@@ -703,6 +709,11 @@ impl linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerP
             .push((spec.workload, spec.port));
         let mut answer = self.answer.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        if silent {
+            // The stream is open and says nothing, for as long as the caller keeps it.
+            tokio::spawn(async move { tx.closed().await });
+            return Ok(tonic::Response::new(ReceiverStream(rx)));
+        }
         tokio::spawn(async move {
             loop {
                 let server = policy_server(&answer.borrow_and_update());
@@ -720,6 +731,7 @@ pub struct PolicyStub {
     pub addr: SocketAddr,
     answer: tokio::sync::watch::Sender<PolicyAnswer>,
     watches: Arc<Mutex<Vec<(String, u32)>>>,
+    silent_connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -734,10 +746,12 @@ impl PolicyStub {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::watch::channel(answer);
         let watches = Arc::new(Mutex::new(Vec::new()));
+        let silent_connections = Arc::new(AtomicUsize::new(0));
         let svc = linkerd2_proxy_api::inbound::inbound_server_policies_server::InboundServerPoliciesServer::new(
             PolicySvc {
                 answer: rx,
                 watches: watches.clone(),
+                silent_connections: silent_connections.clone(),
             },
         );
         let task = tokio::spawn(serve_grpc(listener, svc));
@@ -745,8 +759,15 @@ impl PolicyStub {
             addr,
             answer: tx,
             watches,
+            silent_connections,
             task,
         }
+    }
+
+    /// Every watch on the first `n` connections the stub accepts opens and hears nothing,
+    /// while the connection itself (HTTP/2, PINGs) stays healthy: a wedged replica.
+    pub fn silence_first_connections(&self, n: usize) {
+        self.silent_connections.store(n, Ordering::SeqCst);
     }
 
     pub fn set(&self, answer: PolicyAnswer) {

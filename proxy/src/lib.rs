@@ -148,8 +148,8 @@ fn build_policy(
         Some(p) => {
             let addr = control::ControlAddr::parse(&p.svc_addr, p.svc_name.as_deref())?;
             tracing::info!(service = %addr.addr, workload = %p.workload, "authorization from the policy service");
-            let channel = addr.connect(Some(store.clone()), anchors)?;
-            Some(control::PolicyClient::new(channel, p.workload.clone()))
+            let dial = addr.dialer(Some(store.clone()), anchors)?;
+            Some(control::PolicyClient::new(dial, p.workload.clone())?)
         }
     };
     Ok(Some(policy::Policy::new(

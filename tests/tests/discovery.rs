@@ -238,29 +238,33 @@ async fn known_endpoints_keep_serving_through_bad_updates_and_a_dead_control_pla
     assert!(m.contains("destination_updates_refused_total"), "{m}");
 }
 
+/// A gateway on `dst`, called until backend a answers: fail-fast refusals (503) meanwhile,
+/// nothing else. Bounded: a silent watch is given up after 5 s and reopened 0.5 s later.
+async fn served_after_silence(fx: &Fixture, dst: &DestinationStub) -> Gateway {
+    let gw = gateway_with(fx, dst.addr);
+    let mut send = h2_sender(gw.listen, client_tls(fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    for _ in 0..150 {
+        let (status, body, reason) = get(&mut send).await;
+        if status == StatusCode::OK {
+            assert_eq!(body, "a");
+            return gw;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never served:\n{}", gw.log_text())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_the_control_plane_never_answers_is_reopened() {
     let fx = Fixture::new();
     let dst = destination_of_backend_a().await;
     // The first watch opens and hears nothing; the name must not stay unresolved for good.
     dst.leave_unanswered(1);
-    let gw = gateway_with(&fx, dst.addr);
-    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
-        .await
-        .unwrap();
     let started = std::time::Instant::now();
-    let mut answered = None;
-    // Bounded: the silent watch is given up after 5 s and reopened 0.5 s later.
-    for _ in 0..150 {
-        let (status, body, reason) = get(&mut send).await;
-        if status == StatusCode::OK {
-            answered = Some(body);
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answered.as_deref(), Some("a"), "{}", gw.log_text());
+    let gw = served_after_silence(&fx, &dst).await;
     assert!(started.elapsed() >= Duration::from_secs(4));
     assert_eq!(dst.gets(), 2);
     let m = gw.metrics();
@@ -285,22 +289,7 @@ async fn a_connection_the_control_plane_stopped_answering_on_is_replaced() {
     // A wedged replica: its connection and PINGs stay healthy, no Get on it is answered.
     // Reopening the watch on the same connection would hear nothing forever.
     dst.silence_first_connections(1);
-    let gw = gateway_with(&fx, dst.addr);
-    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
-        .await
-        .unwrap();
-    let mut answered = None;
-    // Bounded: 5 s for the silent watch, 0.5 s of backoff, then the new connection's answer.
-    for _ in 0..150 {
-        let (status, body, reason) = get(&mut send).await;
-        if status == StatusCode::OK {
-            answered = Some(body);
-            break;
-        }
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reason:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answered.as_deref(), Some("a"), "{}", gw.log_text());
+    let gw = served_after_silence(&fx, &dst).await;
     assert_eq!(dst.gets(), 2);
     let m = gw.metrics();
     assert_eq!(metric(&m, "destination_redials_total", &[]), 1, "{m}");

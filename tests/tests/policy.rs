@@ -20,6 +20,14 @@ fn only(identity: &str) -> PolicyAnswer {
     }
 }
 
+/// A gateway with `routes` (`name:port=addr`) under `policy`, as the gateway workload.
+fn gateway_under(fx: &Fixture, policy: &PolicyStub, routes: &[String]) -> Gateway {
+    let mut args: Vec<&str> = routes.iter().flat_map(|r| ["--route", r]).collect();
+    let addr = policy.addr.to_string();
+    args.extend(["--policy-svc-addr", &addr, "--policy-workload", WORKLOAD]);
+    Gateway::start(fx, &args)
+}
+
 async fn status(
     send: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
 ) -> (StatusCode, String) {
@@ -40,17 +48,12 @@ async fn unauthorized_callers_get_403_per_request_and_updates_apply_without_rest
     let backend = backend().await;
     let echo = echo_after_eof().await;
     let policy = PolicyStub::start(only(GATEWAY_ID)).await;
-    let gw = Gateway::start(
+    let gw = gateway_under(
         &fx,
+        &policy,
         &[
-            "--route",
-            &format!("{WEB_SVC}:80={backend}"),
-            "--route",
-            &format!("{ECHO}:7={echo}"),
-            "--policy-svc-addr",
-            &policy.addr.to_string(),
-            "--policy-workload",
-            WORKLOAD,
+            format!("{WEB_SVC}:80={backend}"),
+            format!("{ECHO}:7={echo}"),
         ],
     );
     let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
@@ -161,4 +164,40 @@ async fn a_deny_default_policy_refuses_everyone() {
         status(&mut send).await,
         (StatusCode::FORBIDDEN, "unauthorized".into())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_watch_left_unanswered_is_reopened_on_a_new_connection() {
+    let fx = Fixture::new();
+    let backend = backend().await;
+    let policy = PolicyStub::start(only(GATEWAY_ID)).await;
+    // A wedged replica: the connection and its PINGs stay healthy, no watch on it is
+    // answered. Until a policy arrives the default (all-authenticated) lets vote-bot in; a
+    // gateway that waited on that connection would never apply the policy that refuses it.
+    policy.silence_first_connections(1);
+    let gw = gateway_under(&fx, &policy, &[format!("{WEB_SVC}:80={backend}")]);
+    let mut send = h2_sender(gw.listen, client_tls(&fx, "vote-bot", &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(status(&mut send).await.0, StatusCode::OK);
+    // Bounded: 5 s for the silent watch, 0.5 s of backoff, then the new connection's answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while status(&mut send).await.0 != StatusCode::FORBIDDEN {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "policy never applied:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(policy.watches().len(), 2);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "policy_stream_errors_total", &[("reason", "no_answer")]),
+        1,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "policy_redials_total", &[]), 1, "{m}");
+    let log = gw.log_text();
+    assert!(log.contains("sent no policy within 5s"), "{log}");
 }

@@ -2,13 +2,73 @@
 //! spoken to in plaintext (HTTP/2 prior knowledge); any other address over TLS 1.3 with SNI =
 //! the service's identity, whose certificate must chain to the trust anchors and name it.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use hyper_util::rt::TokioIo;
 use identity::Identity;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint};
+
+/// Opens a new channel to a control-plane service (a new connection on first use).
+pub type Dial = Arc<dyn Fn() -> Result<Channel, ControlAddrError> + Send + Sync>;
+
+/// A gRPC client whose channel can be swapped for a new one. tonic's channel reconnects only
+/// when its connection fails; a service that keeps the connection and its PINGs alive but
+/// answers nothing (a wedged replica behind the service's address) would keep every new call
+/// on it. Clones share the current client and its replacements.
+pub struct Redialing<C> {
+    current: Arc<Mutex<(C, Instant)>>,
+    dial: Dial,
+    make: fn(Channel) -> C,
+}
+
+impl<C> Clone for Redialing<C> {
+    fn clone(&self) -> Self {
+        Self {
+            current: self.current.clone(),
+            dial: self.dial.clone(),
+            make: self.make,
+        }
+    }
+}
+
+impl<C: Clone> Redialing<C> {
+    /// `make` builds the client on a channel (its message limits, for one).
+    pub fn new(dial: Dial, make: fn(Channel) -> C) -> Result<Self, ControlAddrError> {
+        let first = make(dial()?);
+        Ok(Self {
+            current: Arc::new(Mutex::new((first, Instant::now()))),
+            dial,
+            make,
+        })
+    }
+
+    /// The client for a new call.
+    pub fn client(&self) -> C {
+        self.lock().0.clone()
+    }
+
+    /// Moves later calls to a new connection, unless the current one is younger than
+    /// `min_age` (several calls that went unanswered together redial once). Streams open on
+    /// the old connection go on there. `Ok(false)`: kept.
+    pub fn redial(&self, min_age: Duration) -> Result<bool, ControlAddrError> {
+        let mut current = self.lock();
+        if current.1.elapsed() < min_age {
+            return Ok(false);
+        }
+        *current = ((self.make)((self.dial)()?), Instant::now());
+        Ok(true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (C, Instant)> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Where a control-plane service listens and who it must prove to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +132,7 @@ impl ControlAddr {
         &self,
         client_cert: Option<Arc<identity::CertStore>>,
         anchors: &identity::TrustAnchors,
-    ) -> Result<crate::destination::Dial, ControlAddrError> {
+    ) -> Result<Dial, ControlAddrError> {
         let tls = self.client_tls(client_cert, anchors)?;
         let this = self.clone();
         Ok(Arc::new(move || this.channel(tls.clone())))

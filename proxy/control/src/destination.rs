@@ -3,12 +3,7 @@
 //! whole before it is handed on: one bad entry refuses the update, and the caller keeps the
 //! state it had.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use identity::Identity;
 use linkerd2_proxy_api::destination::{
@@ -16,6 +11,8 @@ use linkerd2_proxy_api::destination::{
     Update, WeightedAddr,
 };
 use tonic::{codec::Streaming, transport::Channel};
+
+use crate::channel::{Dial, Redialing};
 
 /// A large service's full endpoint set fits easily; this only stops a runaway message.
 const MAX_UPDATE_BYTES: usize = 4 * 1024 * 1024;
@@ -55,7 +52,7 @@ pub enum DestinationError {
     #[error("the destination stream ended")]
     Ended,
     #[error("the destination service sent no update within {0:?} of the watch opening; check linkerd-destination's health and logs")]
-    NoAnswer(std::time::Duration),
+    NoAnswer(Duration),
 }
 
 impl DestinationError {
@@ -71,27 +68,14 @@ impl DestinationError {
     }
 }
 
-/// Opens a new channel to the destination service (a new connection on first use).
-pub type Dial = Arc<dyn Fn() -> Result<Channel, crate::ControlAddrError> + Send + Sync>;
-
 /// A client of the destination service; cheap to clone (the channel is shared, and so is
 /// its replacement after [`Resolver::redial`]).
 #[derive(Clone)]
 pub struct Resolver {
-    current: Arc<Mutex<Dialed>>,
-    dial: Dial,
+    clients: Redialing<DestinationClient<Channel>>,
     /// `LINKERD2_PROXY_DESTINATION_CONTEXT`: who is asking, for the controller's logs and
     /// topology decisions.
     context_token: String,
-}
-
-struct Dialed {
-    client: DestinationClient<Channel>,
-    at: Instant,
-}
-
-fn client(channel: Channel) -> DestinationClient<Channel> {
-    DestinationClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES)
 }
 
 /// An open `Get` stream.
@@ -101,42 +85,22 @@ pub struct Watch {
 
 impl Resolver {
     pub fn new(dial: Dial, context_token: String) -> Result<Self, crate::ControlAddrError> {
-        let first = dial()?;
         Ok(Self {
-            current: Arc::new(Mutex::new(Dialed {
-                client: client(first),
-                at: Instant::now(),
-            })),
-            dial,
+            clients: Redialing::new(dial, |channel| {
+                DestinationClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES)
+            })?,
             context_token,
         })
     }
 
-    /// Moves later watches to a new connection, unless the current one is younger than
-    /// `min_age` (several watches that went quiet together redial once). The channel only
-    /// reconnects when its connection fails; a service that keeps the connection and its
-    /// PINGs alive but answers nothing (a wedged replica behind the service's address) would
-    /// keep every new watch on it. Streams open on the old connection go on there.
+    /// Later watches go on a new connection (see [`Redialing::redial`]).
     pub fn redial(&self, min_age: Duration) -> Result<bool, crate::ControlAddrError> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.at.elapsed() < min_age {
-            return Ok(false);
-        }
-        *current = Dialed {
-            client: client((self.dial)()?),
-            at: Instant::now(),
-        };
-        Ok(true)
+        self.clients.redial(min_age)
     }
 
     /// Opens a watch on `authority` (`name:port`).
     pub async fn watch(&self, authority: &str) -> Result<Watch, DestinationError> {
-        let mut client = self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .client
-            .clone();
+        let mut client = self.clients.client();
         let stream = client
             .get(GetDestination {
                 scheme: "k8s".into(),

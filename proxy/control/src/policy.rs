@@ -111,6 +111,8 @@ pub enum PolicyError {
     Invalid(String),
     #[error("the policy stream ended")]
     Ended,
+    #[error("the policy service sent no policy within {0:?} of the watch opening; check linkerd-policy's health and logs")]
+    NoAnswer(std::time::Duration),
 }
 
 impl PolicyError {
@@ -120,6 +122,7 @@ impl PolicyError {
             PolicyError::Rpc(_) => "rpc",
             PolicyError::Invalid(_) => "invalid_policy",
             PolicyError::Ended => "ended",
+            PolicyError::NoAnswer(_) => "no_answer",
         }
     }
 }
@@ -127,7 +130,7 @@ impl PolicyError {
 /// A client of the policy service.
 #[derive(Clone)]
 pub struct PolicyClient {
-    client: InboundServerPoliciesClient<Channel>,
+    clients: crate::Redialing<InboundServerPoliciesClient<Channel>>,
     /// `LINKERD2_PROXY_POLICY_WORKLOAD`: which pod is asking.
     workload: String,
 }
@@ -137,16 +140,23 @@ pub struct PolicyWatch {
 }
 
 impl PolicyClient {
-    pub fn new(channel: Channel, workload: String) -> Self {
-        Self {
-            client: InboundServerPoliciesClient::new(channel)
-                .max_decoding_message_size(MAX_POLICY_BYTES),
+    pub fn new(dial: crate::Dial, workload: String) -> Result<Self, crate::ControlAddrError> {
+        Ok(Self {
+            clients: crate::Redialing::new(dial, |channel| {
+                InboundServerPoliciesClient::new(channel)
+                    .max_decoding_message_size(MAX_POLICY_BYTES)
+            })?,
             workload,
-        }
+        })
+    }
+
+    /// Later watches go on a new connection (see [`crate::Redialing::redial`]).
+    pub fn redial(&self, min_age: std::time::Duration) -> Result<bool, crate::ControlAddrError> {
+        self.clients.redial(min_age)
     }
 
     pub async fn watch_port(&self, port: u16) -> Result<PolicyWatch, PolicyError> {
-        let mut client = self.client.clone();
+        let mut client = self.clients.client();
         let stream = client
             .watch_port(PortSpec {
                 workload: self.workload.clone(),
