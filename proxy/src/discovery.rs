@@ -21,9 +21,6 @@ use crate::{
 
 /// How long a new name's first answer may take before the request gives up.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a watch may take to open and bring its first update (Linkerd's controller
-/// answers at once, `NoEndpoints` included) before it counts as broken and is reopened.
-const FIRST_UPDATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reopening a broken watch: the first pause and the longest.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -156,74 +153,42 @@ async fn sweep(discovery: Weak<Discovery>) {
     }
 }
 
-/// Opens a watch and takes its first update, both bounded: a controller that accepted the
-/// call and stays silent would otherwise leave the name unresolved (every request failing
-/// fast) with nothing retried and nothing logged.
-async fn open(
-    resolver: &Resolver,
-    name: &Authority,
-) -> Result<(control::Watch, Result<Change, DestinationError>), DestinationError> {
-    let first = async {
-        let mut stream = resolver.watch(name.as_str()).await?;
-        let change = stream.next().await;
-        Ok((stream, change))
-    };
-    tokio::time::timeout(FIRST_UPDATE_TIMEOUT, first)
-        .await
-        .unwrap_or(Err(DestinationError::NoAnswer(FIRST_UPDATE_TIMEOUT)))
-}
-
 /// Keeps `target`'s endpoints current until the target is gone.
 async fn watch(resolver: Resolver, name: Authority, target: Weak<Target>) {
     let mut retry = RETRY_MIN;
     let mut stale = false;
     loop {
-        let failure = match open(&resolver, &name).await {
+        let failure = match resolver.watch(name.as_str()).await {
             Err(e) => e,
-            Ok((mut stream, first)) => {
-                let mut next = Some(first);
-                loop {
-                    let change = match next.take() {
-                        Some(first) => first,
-                        None => stream.next().await,
-                    };
-                    let Some(t) = target.upgrade() else {
-                        return;
-                    };
-                    match change {
-                        Ok(change) => {
-                            if stale {
-                                tracing::info!(target = %name, "destination watch restored");
-                                stale = false;
-                            }
-                            retry = RETRY_MIN;
-                            apply(&t, change);
+            Ok(mut stream) => loop {
+                let change = stream.next().await;
+                let Some(t) = target.upgrade() else {
+                    return;
+                };
+                match change {
+                    Ok(change) => {
+                        if stale {
+                            tracing::info!(target = %name, "destination watch restored");
+                            stale = false;
                         }
-                        Err(e @ control::DestinationError::Invalid(_)) => {
-                            counter!("destination_updates_refused_total").increment(1);
-                            tracing::warn!(target = %name, reason = e.reason(), error = %e, "destination update refused; keeping the endpoints known so far");
-                        }
-                        Err(e) => break e,
+                        retry = RETRY_MIN;
+                        apply(&t, change);
                     }
+                    Err(e @ DestinationError::Invalid(_)) => {
+                        counter!("destination_updates_refused_total").increment(1);
+                        tracing::warn!(target = %name, reason = e.reason(), error = %e, "destination update refused; keeping the endpoints known so far");
+                    }
+                    Err(e) => break e,
                 }
-            }
+            },
         };
         let Some(t) = target.upgrade() else {
             return;
         };
         counter!("destination_stream_errors_total", "reason" => failure.reason()).increment(1);
-        if matches!(failure, DestinationError::NoAnswer(_)) {
-            // The connection may be the silent part: the next watch goes on a new one.
-            match resolver.redial(FIRST_UPDATE_TIMEOUT) {
-                Ok(true) => {
-                    counter!("destination_redials_total").increment(1);
-                    tracing::info!(target = %name, "destination service connection replaced after a watch it left unanswered");
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "destination service connection could not be replaced")
-                }
-            }
+        if let DestinationError::NoAnswer { redialed: true, .. } = failure {
+            counter!("destination_redials_total").increment(1);
+            tracing::info!(target = %name, "destination service connection replaced after a watch it left unanswered");
         }
         stale = true;
         tracing::warn!(

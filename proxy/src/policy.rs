@@ -20,9 +20,6 @@ use metrics::counter;
 
 use crate::errors::ProxyError;
 
-/// How long the port's watch may take to open and bring its first policy (Linkerd's policy
-/// controller answers at once) before it counts as broken and is reopened.
-const FIRST_POLICY_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -258,83 +255,43 @@ impl Policy {
     }
 }
 
-/// Opens the port's watch and takes its first policy, both bounded: a policy service that
-/// accepted the call and stays silent would otherwise leave the default policy in force for
-/// good, with nothing retried and nothing logged.
-async fn open(
-    client: &PolicyClient,
-    port: u16,
-) -> Result<
-    (
-        control::policy::PolicyWatch,
-        Result<ServerPolicy, PolicyError>,
-    ),
-    PolicyError,
-> {
-    let first = async {
-        let mut stream = client.watch_port(port).await?;
-        let server = stream.next().await;
-        Ok((stream, server))
-    };
-    tokio::time::timeout(FIRST_POLICY_TIMEOUT, first)
-        .await
-        .unwrap_or(Err(PolicyError::NoAnswer(FIRST_POLICY_TIMEOUT)))
-}
-
 /// Follows the control plane's policy for `port`; a broken stream keeps the last policy and
 /// is reopened with backoff (on a new connection when it went unanswered); a bad answer is
 /// refused and the last policy kept.
 async fn watch(client: PolicyClient, port: u16, policy: std::sync::Weak<Policy>) {
     let mut retry = RETRY_MIN;
     loop {
-        let failure = match open(&client, port).await {
+        let failure = match client.watch_port(port).await {
             Err(e) => e,
-            Ok((mut stream, first)) => {
-                let mut first = Some(first);
-                loop {
-                    let next = match first.take() {
-                        Some(first) => first,
-                        None => stream.next().await,
-                    };
-                    let Some(p) = policy.upgrade() else { return };
-                    match next {
-                        Ok(server) => {
-                            retry = RETRY_MIN;
-                            tracing::info!(
-                                srv_kind = %server.kind, srv_name = %server.name,
-                                authorizations = server.authorizations.len(), routes = server.http_routes.len(),
-                                "inbound policy updated"
-                            );
-                            p.set(server);
-                        }
-                        Err(e @ PolicyError::Invalid(_)) => {
-                            counter!("policy_updates_refused_total").increment(1);
-                            tracing::warn!(reason = e.reason(), error = %e, "policy update refused; keeping the current policy");
-                        }
-                        Err(e) => break e,
+            Ok(mut stream) => loop {
+                let next = stream.next().await;
+                let Some(p) = policy.upgrade() else { return };
+                match next {
+                    Ok(server) => {
+                        retry = RETRY_MIN;
+                        tracing::info!(
+                            srv_kind = %server.kind, srv_name = %server.name,
+                            authorizations = server.authorizations.len(), routes = server.http_routes.len(),
+                            "inbound policy updated"
+                        );
+                        p.set(server);
                     }
+                    Err(e @ PolicyError::Invalid(_)) => {
+                        counter!("policy_updates_refused_total").increment(1);
+                        tracing::warn!(reason = e.reason(), error = %e, "policy update refused; keeping the current policy");
+                    }
+                    Err(e) => break e,
                 }
-            }
+            },
         };
         if policy.strong_count() == 0 {
             return;
         }
         counter!("policy_stream_errors_total", "reason" => failure.reason()).increment(1);
         tracing::warn!(reason = failure.reason(), error = %failure, retry_in = ?retry, "policy watch broken; keeping the current policy");
-        if matches!(failure, PolicyError::NoAnswer(_)) {
-            // The connection may be the silent part: the next watch goes on a new one.
-            match client.redial(FIRST_POLICY_TIMEOUT) {
-                Ok(true) => {
-                    counter!("policy_redials_total").increment(1);
-                    tracing::info!(
-                        "policy service connection replaced after a watch it left unanswered"
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "policy service connection could not be replaced")
-                }
-            }
+        if let PolicyError::NoAnswer { redialed: true, .. } = failure {
+            counter!("policy_redials_total").increment(1);
+            tracing::info!("policy service connection replaced after a watch it left unanswered");
         }
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(RETRY_MAX);

@@ -3,6 +3,7 @@
 //! the service's identity, whose certificate must chain to the trust anchors and name it.
 
 use std::{
+    future::Future,
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -12,16 +13,24 @@ use hyper_util::rt::TokioIo;
 use identity::Identity;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    codec::Streaming,
+    transport::{Channel, Endpoint},
+};
 
 /// Opens a new channel to a control-plane service (a new connection on first use).
 pub type Dial = Arc<dyn Fn() -> Result<Channel, ControlAddrError> + Send + Sync>;
 
-/// A gRPC client whose channel can be swapped for a new one. tonic's channel reconnects only
-/// when its connection fails; a service that keeps the connection and its PINGs alive but
-/// answers nothing (a wedged replica behind the service's address) would keep every new call
-/// on it. Clones share the current client and its replacements.
-pub struct Redialing<C> {
+/// How long a watch may take to open and bring its first message before it counts as
+/// unanswered. Linkerd's controllers answer at once (`NoEndpoints` and the default server
+/// included), so this only bounds a service that accepted the call and went quiet.
+pub const FIRST_ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// A gRPC client whose channel is swapped for a new one when a watch goes unanswered. tonic's
+/// channel reconnects only when its connection fails; a service that keeps the connection and
+/// its PINGs alive but answers nothing (a wedged replica behind the service's address) would
+/// otherwise keep every new watch on it. Clones share the current client.
+pub(crate) struct Redialing<C> {
     current: Arc<Mutex<(C, Instant)>>,
     dial: Dial,
     make: fn(Channel) -> C,
@@ -37,9 +46,34 @@ impl<C> Clone for Redialing<C> {
     }
 }
 
+/// A watch's stream, with its first message (read while opening) handed on first.
+pub(crate) struct Opened<T> {
+    stream: Streaming<T>,
+    first: Option<Result<Option<T>, tonic::Status>>,
+}
+
+impl<T> Opened<T> {
+    /// The next message; `None` at the end of the stream.
+    pub(crate) async fn message(&mut self) -> Result<Option<T>, tonic::Status> {
+        match self.first.take() {
+            Some(first) => first,
+            None => self.stream.message().await,
+        }
+    }
+}
+
+/// How a watch's opening went.
+pub(crate) enum Opening<T> {
+    /// Boxed: the silent variant would otherwise be as large, and a watch opens once.
+    Answered(Box<Opened<T>>),
+    /// Nothing within [`FIRST_ANSWER_WITHIN`]; `redialed`: later watches go on a new
+    /// connection.
+    Silent { redialed: bool },
+}
+
 impl<C: Clone> Redialing<C> {
     /// `make` builds the client on a channel (its message limits, for one).
-    pub fn new(dial: Dial, make: fn(Channel) -> C) -> Result<Self, ControlAddrError> {
+    pub(crate) fn new(dial: Dial, make: fn(Channel) -> C) -> Result<Self, ControlAddrError> {
         let first = make(dial()?);
         Ok(Self {
             current: Arc::new(Mutex::new((first, Instant::now()))),
@@ -48,21 +82,48 @@ impl<C: Clone> Redialing<C> {
         })
     }
 
-    /// The client for a new call.
-    pub fn client(&self) -> C {
-        self.lock().0.clone()
+    /// Opens a watch with `call` on the current client and waits for its first message, both
+    /// within [`FIRST_ANSWER_WITHIN`]. When nothing comes, the client is replaced, unless it
+    /// is younger than that (watches that went quiet together redial once); streams open on
+    /// the old connection go on there.
+    pub(crate) async fn watch<T, F, Fut>(&self, call: F) -> Result<Opening<T>, tonic::Status>
+    where
+        F: FnOnce(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Streaming<T>>, tonic::Status>>,
+    {
+        let client = self.lock().0.clone();
+        let opening = async {
+            let mut stream = call(client).await?.into_inner();
+            let first = stream.message().await;
+            Ok::<_, tonic::Status>((stream, first))
+        };
+        match tokio::time::timeout(FIRST_ANSWER_WITHIN, opening).await {
+            Ok(Ok((stream, first))) => Ok(Opening::Answered(Box::new(Opened {
+                stream,
+                first: Some(first),
+            }))),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Ok(Opening::Silent {
+                redialed: self.redial(),
+            }),
+        }
     }
 
-    /// Moves later calls to a new connection, unless the current one is younger than
-    /// `min_age` (several calls that went unanswered together redial once). Streams open on
-    /// the old connection go on there. `Ok(false)`: kept.
-    pub fn redial(&self, min_age: Duration) -> Result<bool, ControlAddrError> {
+    fn redial(&self) -> bool {
         let mut current = self.lock();
-        if current.1.elapsed() < min_age {
-            return Ok(false);
+        if current.1.elapsed() < FIRST_ANSWER_WITHIN {
+            return false;
         }
-        *current = ((self.make)((self.dial)()?), Instant::now());
-        Ok(true)
+        match (self.dial)() {
+            Ok(channel) => {
+                *current = ((self.make)(channel), Instant::now());
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control-plane connection could not be replaced");
+                false
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (C, Instant)> {

@@ -10,9 +10,9 @@ use linkerd2_proxy_api::destination::{
     destination_client::DestinationClient, protocol_hint, tls_identity, update, GetDestination,
     Update, WeightedAddr,
 };
-use tonic::{codec::Streaming, transport::Channel};
+use tonic::transport::Channel;
 
-use crate::channel::{Dial, Redialing};
+use crate::channel::{Dial, Opened, Opening, Redialing, FIRST_ANSWER_WITHIN};
 
 /// A large service's full endpoint set fits easily; this only stops a runaway message.
 const MAX_UPDATE_BYTES: usize = 4 * 1024 * 1024;
@@ -51,8 +51,12 @@ pub enum DestinationError {
     Invalid(String),
     #[error("the destination stream ended")]
     Ended,
-    #[error("the destination service sent no update within {0:?} of the watch opening; check linkerd-destination's health and logs")]
-    NoAnswer(Duration),
+    #[error("the destination service sent no update within {within:?} of the watch opening; check linkerd-destination's health and logs")]
+    NoAnswer {
+        within: Duration,
+        /// Later watches go on a new connection.
+        redialed: bool,
+    },
 }
 
 impl DestinationError {
@@ -63,13 +67,13 @@ impl DestinationError {
             DestinationError::Rpc(_) => "rpc",
             DestinationError::Invalid(_) => "invalid_update",
             DestinationError::Ended => "ended",
-            DestinationError::NoAnswer(_) => "no_answer",
+            DestinationError::NoAnswer { .. } => "no_answer",
         }
     }
 }
 
 /// A client of the destination service; cheap to clone (the channel is shared, and so is
-/// its replacement after [`Resolver::redial`]).
+/// its replacement when a watch goes unanswered).
 #[derive(Clone)]
 pub struct Resolver {
     clients: Redialing<DestinationClient<Channel>>,
@@ -80,7 +84,7 @@ pub struct Resolver {
 
 /// An open `Get` stream.
 pub struct Watch {
-    stream: Streaming<Update>,
+    opened: Box<Opened<Update>>,
 }
 
 impl Resolver {
@@ -93,24 +97,26 @@ impl Resolver {
         })
     }
 
-    /// Later watches go on a new connection (see [`Redialing::redial`]).
-    pub fn redial(&self, min_age: Duration) -> Result<bool, crate::ControlAddrError> {
-        self.clients.redial(min_age)
-    }
-
-    /// Opens a watch on `authority` (`name:port`).
+    /// Opens a watch on `authority` (`name:port`) and waits for its first update (see
+    /// [`FIRST_ANSWER_WITHIN`]).
     pub async fn watch(&self, authority: &str) -> Result<Watch, DestinationError> {
-        let mut client = self.clients.client();
-        let stream = client
-            .get(GetDestination {
-                scheme: "k8s".into(),
-                path: authority.to_string(),
-                context_token: self.context_token.clone(),
-            })
+        let request = GetDestination {
+            scheme: "k8s".into(),
+            path: authority.to_string(),
+            context_token: self.context_token.clone(),
+        };
+        let opening = self
+            .clients
+            .watch(|mut client| async move { client.get(request).await })
             .await
-            .map_err(DestinationError::Rpc)?
-            .into_inner();
-        Ok(Watch { stream })
+            .map_err(DestinationError::Rpc)?;
+        match opening {
+            Opening::Answered(opened) => Ok(Watch { opened }),
+            Opening::Silent { redialed } => Err(DestinationError::NoAnswer {
+                within: FIRST_ANSWER_WITHIN,
+                redialed,
+            }),
+        }
     }
 }
 
@@ -118,7 +124,7 @@ impl Watch {
     /// The next checked update. An invalid update is reported and the stream stays usable;
     /// an RPC error or the end of the stream ends it.
     pub async fn next(&mut self) -> Result<Change, DestinationError> {
-        match self.stream.message().await {
+        match self.opened.message().await {
             Ok(Some(update)) => decode(update),
             Ok(None) => Err(DestinationError::Ended),
             Err(status) => Err(DestinationError::Rpc(status)),

@@ -19,6 +19,6 @@ pub mod destination;
 pub mod policy;
 
 pub use certify::{refresh_in, Certifier, CertifyError};
-pub use channel::{ControlAddr, ControlAddrError, Dial, Redialing};
+pub use channel::{ControlAddr, ControlAddrError, Dial, FIRST_ANSWER_WITHIN};
 pub use destination::{Change, DestinationError, Discovered, Resolver, Watch};
 pub use policy::{PolicyClient, PolicyError, ServerPolicy};

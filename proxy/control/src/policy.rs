@@ -18,7 +18,9 @@ use linkerd2_proxy_api::{
     meta::{metadata, Metadata},
     net::{ip_address, IpNetwork},
 };
-use tonic::{codec::Streaming, transport::Channel};
+use tonic::transport::Channel;
+
+use crate::channel::{Opened, Opening, Redialing, FIRST_ANSWER_WITHIN};
 
 /// Regexes from the control plane are compiled with this size limit, so a hostile or broken
 /// route cannot make the gateway build an enormous automaton.
@@ -111,8 +113,12 @@ pub enum PolicyError {
     Invalid(String),
     #[error("the policy stream ended")]
     Ended,
-    #[error("the policy service sent no policy within {0:?} of the watch opening; check linkerd-policy's health and logs")]
-    NoAnswer(std::time::Duration),
+    #[error("the policy service sent no policy within {within:?} of the watch opening; check linkerd-policy's health and logs")]
+    NoAnswer {
+        within: std::time::Duration,
+        /// Later watches go on a new connection.
+        redialed: bool,
+    },
 }
 
 impl PolicyError {
@@ -122,7 +128,7 @@ impl PolicyError {
             PolicyError::Rpc(_) => "rpc",
             PolicyError::Invalid(_) => "invalid_policy",
             PolicyError::Ended => "ended",
-            PolicyError::NoAnswer(_) => "no_answer",
+            PolicyError::NoAnswer { .. } => "no_answer",
         }
     }
 }
@@ -130,19 +136,19 @@ impl PolicyError {
 /// A client of the policy service.
 #[derive(Clone)]
 pub struct PolicyClient {
-    clients: crate::Redialing<InboundServerPoliciesClient<Channel>>,
+    clients: Redialing<InboundServerPoliciesClient<Channel>>,
     /// `LINKERD2_PROXY_POLICY_WORKLOAD`: which pod is asking.
     workload: String,
 }
 
 pub struct PolicyWatch {
-    stream: Streaming<Server>,
+    opened: Box<Opened<Server>>,
 }
 
 impl PolicyClient {
     pub fn new(dial: crate::Dial, workload: String) -> Result<Self, crate::ControlAddrError> {
         Ok(Self {
-            clients: crate::Redialing::new(dial, |channel| {
+            clients: Redialing::new(dial, |channel| {
                 InboundServerPoliciesClient::new(channel)
                     .max_decoding_message_size(MAX_POLICY_BYTES)
             })?,
@@ -150,28 +156,30 @@ impl PolicyClient {
         })
     }
 
-    /// Later watches go on a new connection (see [`crate::Redialing::redial`]).
-    pub fn redial(&self, min_age: std::time::Duration) -> Result<bool, crate::ControlAddrError> {
-        self.clients.redial(min_age)
-    }
-
+    /// Opens the port's watch and waits for its first policy (see [`FIRST_ANSWER_WITHIN`]).
     pub async fn watch_port(&self, port: u16) -> Result<PolicyWatch, PolicyError> {
-        let mut client = self.clients.client();
-        let stream = client
-            .watch_port(PortSpec {
-                workload: self.workload.clone(),
-                port: port.into(),
-            })
+        let spec = PortSpec {
+            workload: self.workload.clone(),
+            port: port.into(),
+        };
+        let opening = self
+            .clients
+            .watch(|mut client| async move { client.watch_port(spec).await })
             .await
-            .map_err(PolicyError::Rpc)?
-            .into_inner();
-        Ok(PolicyWatch { stream })
+            .map_err(PolicyError::Rpc)?;
+        match opening {
+            Opening::Answered(opened) => Ok(PolicyWatch { opened }),
+            Opening::Silent { redialed } => Err(PolicyError::NoAnswer {
+                within: FIRST_ANSWER_WITHIN,
+                redialed,
+            }),
+        }
     }
 }
 
 impl PolicyWatch {
     pub async fn next(&mut self) -> Result<ServerPolicy, PolicyError> {
-        match self.stream.message().await {
+        match self.opened.message().await {
             Ok(Some(server)) => decode(server),
             Ok(None) => Err(PolicyError::Ended),
             Err(s) => Err(PolicyError::Rpc(s)),
