@@ -44,8 +44,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 /// is queued without atomics or a check for idle workers to wake, and no thread waits on a
 /// futex for another: about 3 % more requests per CPU-second on HTTP/1.1 and HTTP/2 side by
 /// side, and toward meshed HTTP/2 endpoints 0.83 system calls per request instead of 1.46
-/// (README "Issue 13, eleventh round"). More: that many worker threads, each taking work from
-/// the others when idle.
+/// (`benches/HISTORY.md`, "Issue 13, eleventh round"). More: that many worker threads, each
+/// taking work from the others when idle.
 fn runtime(cores: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if cores == 1 {
         tokio::runtime::Builder::new_current_thread()

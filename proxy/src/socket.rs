@@ -5,7 +5,8 @@
 //! file position lock, `rw_verify_area`, the security hook and fsnotify, none of which a socket
 //! needs. `send(2)` and `sendmsg(2)` go straight to the socket. Under `perf` at saturation on
 //! the HTTP/1.1 keep-alive bench, the path above `tcp_sendmsg` was 2.9 % of the gateway's CPU
-//! with `writev`, 1.2 % of haproxy's with `sendto`; see README "Issue 13, seventh round".
+//! with `writev`, 1.2 % of haproxy's with `sendto`; see `benches/HISTORY.md`, "Issue 13,
+//! seventh round".
 
 use std::{
     io::{self, IoSlice},
