@@ -221,3 +221,75 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// In-memory streams for tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::{
+        io,
+        pin::Pin,
+        task::{ready, Context, Poll},
+    };
+
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+    /// One end of an in-memory connection that buffers as a TLS stream does: a write is taken
+    /// whole into its buffer and reported written, and the bytes reach the wire only with a
+    /// flush, which after each write finds the socket full once (waking the task, as the
+    /// socket's readiness would) before it delivers.
+    pub(crate) struct Buffering {
+        io: DuplexStream,
+        held: Vec<u8>,
+        full_once: bool,
+    }
+
+    impl Buffering {
+        pub(crate) fn new(io: DuplexStream) -> Self {
+            Self {
+                io,
+                held: Vec::new(),
+                full_once: false,
+            }
+        }
+    }
+
+    impl AsyncRead for Buffering {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            self.full_once = true;
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if std::mem::take(&mut self.full_once) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.io).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+}

@@ -102,6 +102,11 @@ where
     /// Frames to write; `sent` of them are written.
     out: Vec<u8>,
     sent: usize,
+    /// Written since the last completed flush. A TLS stream can take a write into its own
+    /// buffer while the socket is full and report it written; only a flush puts those records
+    /// on the wire, so one that was pending is retried on every poll until it completes, not
+    /// only after the next write (the last frames of a response would otherwise wait forever).
+    unflushed: bool,
     conn: Conn<B>,
     handlers: FuturesUnordered<Handling<Fut>>,
     bodies: FuturesUnordered<NextFrame<B>>,
@@ -142,6 +147,7 @@ where
             rbuf: BytesMut::new(),
             out,
             sent: 0,
+            unflushed: false,
             conn,
             handlers: FuturesUnordered::new(),
             bodies: FuturesUnordered::new(),
@@ -304,8 +310,10 @@ where
                 self.out.shrink_to(OUT_HIGH);
             }
         }
-        if wrote {
+        self.unflushed |= wrote;
+        if self.unflushed {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
         }
         Poll::Ready(Ok(wrote))
     }
@@ -520,6 +528,7 @@ mod tests {
             frame::{self, flag, kind, Head, HEAD_LEN},
             hpack::Encoder,
         },
+        io::testing::Buffering,
     };
 
     /// The server's end of an in-memory connection, keeping what each write carried.
@@ -669,6 +678,50 @@ mod tests {
         let by_write = headers_by_write(&writes.lock().expect("writes"));
         let with_headers: Vec<_> = by_write.into_iter().filter(|s| !s.is_empty()).collect();
         assert_eq!(with_headers, vec![vec![1, 3]], "responses by write");
+    }
+
+    /// A response taken whole by a stream that buffers (TLS) while its socket is full reaches
+    /// the caller once the socket drains: the pending flush is retried when the connection is
+    /// next polled, though nothing new is written then. (Retried only after a write, the
+    /// response's last frames stayed in the buffer for good: a download through the gateway
+    /// stalled a few bytes short of its end.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pending_flush_is_retried_until_the_response_is_out() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let io = Buffering::new(server);
+        let handler = |_req: Request<CallerBody>| -> Answer {
+            Box::pin(async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
+        };
+        let settings = Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            stream_window: 65_535,
+            connection_window: 65_535,
+        };
+        let served = tokio::spawn(Served::new(io, settings, handler));
+        let mut out = PREFACE.to_vec();
+        frame::put_settings(&mut out, &[]);
+        let mut block = Vec::new();
+        Encoder::default().encode_request(
+            &Method::GET,
+            "https",
+            Some("web"),
+            "/",
+            &HeaderMap::new(),
+            &mut block,
+        );
+        frame::put_header_block(&mut out, 1, &block, true, 16_384);
+        client.write_all(&out).await.expect("write");
+
+        let (mut pending, mut seen) = (Vec::new(), Vec::new());
+        read_until(&mut client, &mut pending, &mut seen, |seen| {
+            seen.iter().any(|(h, _)| {
+                h.stream == 1 && h.kind == kind::DATA && h.flags & flag::END_STREAM != 0
+            })
+        })
+        .await;
+        drop(client);
+        let _ = served.await;
     }
 
     /// Reads frames from `client` until `done` says so; every frame seen, payload included.

@@ -25,11 +25,11 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method, Request, Response};
 use http_body::Body;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub(crate) use self::conn::fuzz_client;
 use self::conn::{ClientConn, StreamFailure};
-use super::{dial::Alpn, SendError, Shared, UpstreamBody, UpstreamIo};
+use super::{dial::Alpn, SendError, Shared, UpstreamBody};
 use crate::{
     body::CallerBody,
     errors::ProxyError,
@@ -130,10 +130,14 @@ impl Http2Slot {
 
 /// The connection's I/O until it ends: the endpoint's frames into the state, the state's
 /// frames out, keep-alive PINGs.
-async fn drive(mut io: UpstreamIo, conn: Conn, addr: SocketAddr) {
+async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, conn: Conn, addr: SocketAddr) {
     let mut rbuf = BytesMut::new();
     let mut wbuf: Vec<u8> = Vec::new();
     let mut sent = 0;
+    // Written since the last completed flush: TLS takes a write into its buffer while the
+    // socket is full and reports it written, and only a flush sends it; a flush that was
+    // pending is retried on every pass, not only after the next write.
+    let mut unflushed = false;
     let mut keepalive = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
     let mut ping_out = false;
     let mut ping_count: u64 = 0;
@@ -252,11 +256,16 @@ async fn drive(mut io: UpstreamIo, conn: Conn, addr: SocketAddr) {
             sent = 0;
             lock(&conn).drained();
         }
-        if wrote {
-            progress = true;
-            if let Poll::Ready(Err(_)) = Pin::new(&mut io).poll_flush(cx) {
-                lock(&conn).fail("connection write failed", None);
-                return Poll::Ready(Some("connection write failed"));
+        progress |= wrote;
+        unflushed |= wrote;
+        if unflushed {
+            match Pin::new(&mut io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => unflushed = false,
+                Poll::Ready(Err(_)) => {
+                    lock(&conn).fail("connection write failed", None);
+                    return Poll::Ready(Some("connection write failed"));
+                }
+                Poll::Pending => {}
             }
         }
         if let Some(why) = finished {
@@ -479,5 +488,37 @@ async fn pipe(mut body: CallerBody, conn: Conn, id: u32) {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::{conn::ClientConn, drive};
+    use crate::io::testing::Buffering;
+
+    /// The connection's first frames, taken whole by a stream that buffers (TLS) while its
+    /// socket is full, reach the endpoint once the socket drains: the pending flush is retried
+    /// on the connection's next pass, though nothing new is written then. (Retried only after
+    /// a write, they stayed in the buffer until the next frame, and a last frame for good.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pending_flush_is_retried_until_the_frames_are_out() {
+        let (mut endpoint, ours) = tokio::io::duplex(1 << 16);
+        let conn = Arc::new(Mutex::new(ClientConn::new()));
+        let addr = "127.0.0.1:4143".parse().expect("addr");
+        let task = tokio::spawn(drive(Buffering::new(ours), conn, addr));
+        let mut preface = [0u8; 24];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            endpoint.read_exact(&mut preface),
+        )
+        .await
+        .expect("the connection's preface never reached the endpoint")
+        .expect("read");
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        task.abort();
     }
 }
