@@ -591,6 +591,30 @@ mod tests {
 
     type Answer = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
 
+    /// The defaults' windows, and limits no test here reaches.
+    fn settings() -> Settings {
+        Settings {
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            stream_window: 65_535,
+            connection_window: 65_535,
+        }
+    }
+
+    /// A GET of `path` on `stream`, its request ended with its headers.
+    fn put_get(out: &mut Vec<u8>, encoder: &mut Encoder, stream: u32, path: &str) {
+        let mut block = Vec::new();
+        encoder.encode_request(
+            &Method::GET,
+            "https",
+            Some("web"),
+            path,
+            &HeaderMap::new(),
+            &mut block,
+        );
+        frame::put_header_block(out, stream, &block, true, 16_384);
+    }
+
     /// Two streams answered in the same pass of the runtime, one by its handler at once, the
     /// other woken by a task that runs after the connection's turn: both responses leave in
     /// one write. (Written as they came, the first would go alone.)
@@ -626,28 +650,14 @@ mod tests {
                 })
             }
         };
-        let settings = Settings {
-            max_concurrent_streams: 100,
-            max_header_list_size: 16 * 1024,
-            stream_window: 65_535,
-            connection_window: 65_535,
-        };
+        let settings = settings();
         let served = tokio::spawn(Served::new(io, settings, handler));
 
         let mut out = PREFACE.to_vec();
         frame::put_settings(&mut out, &[]);
         let mut encoder = Encoder::default();
         for (stream, path) in [(1, "/now"), (3, "/later")] {
-            let mut block = Vec::new();
-            encoder.encode_request(
-                &Method::GET,
-                "https",
-                Some("web"),
-                path,
-                &HeaderMap::new(),
-                &mut block,
-            );
-            frame::put_header_block(&mut out, stream, &block, true, 16_384);
+            put_get(&mut out, &mut encoder, stream, path);
         }
         client.write_all(&out).await.expect("write");
 
@@ -692,25 +702,11 @@ mod tests {
         let handler = |_req: Request<CallerBody>| -> Answer {
             Box::pin(async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
         };
-        let settings = Settings {
-            max_concurrent_streams: 100,
-            max_header_list_size: 16 * 1024,
-            stream_window: 65_535,
-            connection_window: 65_535,
-        };
+        let settings = settings();
         let served = tokio::spawn(Served::new(io, settings, handler));
         let mut out = PREFACE.to_vec();
         frame::put_settings(&mut out, &[]);
-        let mut block = Vec::new();
-        Encoder::default().encode_request(
-            &Method::GET,
-            "https",
-            Some("web"),
-            "/",
-            &HeaderMap::new(),
-            &mut block,
-        );
-        frame::put_header_block(&mut out, 1, &block, true, 16_384);
+        put_get(&mut out, &mut Encoder::default(), 1, "/");
         client.write_all(&out).await.expect("write");
 
         let (mut pending, mut seen) = (Vec::new(), Vec::new());
@@ -768,12 +764,7 @@ mod tests {
         let handler = |_req: Request<CallerBody>| -> Answer {
             Box::pin(async { Response::new(Full::new(Bytes::from_static(b"ok"))) })
         };
-        let settings = Settings {
-            max_concurrent_streams: 100,
-            max_header_list_size: 16 * 1024,
-            stream_window: 65_535,
-            connection_window: 65_535,
-        };
+        let settings = settings();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(async move {
             let mut served = std::pin::pin!(Served::new(server, settings, handler));
@@ -784,18 +775,7 @@ mod tests {
             served.await.map_err(|e| e.to_string())
         });
         let mut encoder = Encoder::default();
-        let mut request = |stream: u32, out: &mut Vec<u8>| {
-            let mut block = Vec::new();
-            encoder.encode_request(
-                &Method::GET,
-                "https",
-                Some("web"),
-                "/",
-                &HeaderMap::new(),
-                &mut block,
-            );
-            frame::put_header_block(out, stream, &block, true, 16_384);
-        };
+        let mut request = |stream: u32, out: &mut Vec<u8>| put_get(out, &mut encoder, stream, "/");
         let ended = |stream: u32| {
             move |seen: &[(Head, Vec<u8>)]| {
                 seen.iter().any(|(h, _)| {
