@@ -1,7 +1,8 @@
 //! I/O wrappers: [`Metered`] counts bytes each way, for a caller's connection
 //! ([`CountingIo`]: Prometheus counters and the connection's [`Activity`] for its watchdog) or
 //! a connection to an endpoint ([`MeteredTcp`]);
-//! [`Rewind`] gives back bytes read ahead.
+//! [`Rewind`] gives back bytes read ahead; [`PendingFlush`] keeps a flush going until it
+//! completes.
 
 use std::{
     io,
@@ -219,6 +220,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether a stream holds written bytes a flush has yet to put on the wire. A TLS stream takes a
+/// write into its own buffer while the socket is full and reports it written; only a flush
+/// sends those records. A flush left pending must be retried on every poll until it completes,
+/// not only after the next write: the last frames of a response, with nothing written after
+/// them, would otherwise stay in the buffer for good.
+#[derive(Debug, Default)]
+pub struct PendingFlush(bool);
+
+impl PendingFlush {
+    /// Flushes `io` if anything was written (`wrote`, or before and not yet flushed).
+    pub fn poll<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        wrote: bool,
+    ) -> Poll<io::Result<()>> {
+        self.0 |= wrote;
+        if self.0 {
+            std::task::ready!(Pin::new(io).poll_flush(cx))?;
+            self.0 = false;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

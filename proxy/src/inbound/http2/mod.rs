@@ -42,6 +42,7 @@ use crate::{
         frame::{self, Head, Reason, HEAD_LEN},
         HpackError,
     },
+    io::PendingFlush,
     metrics,
 };
 
@@ -102,11 +103,8 @@ where
     /// Frames to write; `sent` of them are written.
     out: Vec<u8>,
     sent: usize,
-    /// Written since the last completed flush. A TLS stream can take a write into its own
-    /// buffer while the socket is full and report it written; only a flush puts those records
-    /// on the wire, so one that was pending is retried on every poll until it completes, not
-    /// only after the next write (the last frames of a response would otherwise wait forever).
-    unflushed: bool,
+    /// Written and not yet flushed (TLS buffers a write while the socket is full).
+    flush: PendingFlush,
     conn: Conn<B>,
     handlers: FuturesUnordered<Handling<Fut>>,
     bodies: FuturesUnordered<NextFrame<B>>,
@@ -147,7 +145,7 @@ where
             rbuf: BytesMut::new(),
             out,
             sent: 0,
-            unflushed: false,
+            flush: PendingFlush::default(),
             conn,
             handlers: FuturesUnordered::new(),
             bodies: FuturesUnordered::new(),
@@ -310,11 +308,7 @@ where
                 self.out.shrink_to(OUT_HIGH);
             }
         }
-        self.unflushed |= wrote;
-        if self.unflushed {
-            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-            self.unflushed = false;
-        }
+        ready!(self.flush.poll(&mut self.io, cx, wrote))?;
         Poll::Ready(Ok(wrote))
     }
 

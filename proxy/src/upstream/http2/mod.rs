@@ -34,6 +34,7 @@ use crate::{
     body::CallerBody,
     errors::ProxyError,
     h2codec::frame::{Head, Reason, HEAD_LEN},
+    io::PendingFlush,
     routing::Endpoint,
 };
 
@@ -134,10 +135,7 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, conn: Conn, addr:
     let mut rbuf = BytesMut::new();
     let mut wbuf: Vec<u8> = Vec::new();
     let mut sent = 0;
-    // Written since the last completed flush: TLS takes a write into its buffer while the
-    // socket is full and reports it written, and only a flush sends it; a flush that was
-    // pending is retried on every pass, not only after the next write.
-    let mut unflushed = false;
+    let mut flush = PendingFlush::default();
     let mut keepalive = Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL));
     let mut ping_out = false;
     let mut ping_count: u64 = 0;
@@ -257,16 +255,9 @@ async fn drive<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO, conn: Conn, addr:
             lock(&conn).drained();
         }
         progress |= wrote;
-        unflushed |= wrote;
-        if unflushed {
-            match Pin::new(&mut io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => unflushed = false,
-                Poll::Ready(Err(_)) => {
-                    lock(&conn).fail("connection write failed", None);
-                    return Poll::Ready(Some("connection write failed"));
-                }
-                Poll::Pending => {}
-            }
+        if let Poll::Ready(Err(_)) = flush.poll(&mut io, cx, wrote) {
+            lock(&conn).fail("connection write failed", None);
+            return Poll::Ready(Some("connection write failed"));
         }
         if let Some(why) = finished {
             if wbuf.is_empty() {
